@@ -1,0 +1,35 @@
+# rosd: Reflective On-Policy Self-Distillation as cached, file-based stages.
+#   snakemake --cores all                     the default (embedded world) experiment
+#   snakemake --cores all --configfile F      another preset (see config/)
+import sys
+
+from snakemake.utils import min_version, validate
+
+from rosd.config import ConfigError, check
+
+min_version("8.0")
+# Snakemake builds the DAG recursively; long chains of rounds need a deeper stack (SPEC §6).
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    check(config)
+except ConfigError as error:
+    sys.exit(str(error))
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/round.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

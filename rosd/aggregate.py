@@ -1,0 +1,206 @@
+"""Aggregate stage: turn one experiment's metric files into human-readable tables (SPEC §2).
+
+Reads, under ``results/<experiment>/``:
+  runs/{method}/{target}/seed{seed}/round{r}/metrics.json      round training metrics
+  eval/{method}/{target}/seed{seed}/round{r}/{benchmark}.jsonl per-sample correctness
+  eval/.../{benchmark}.json                                    its summary (rosd.metrics.summarize)
+
+Writes rounds.csv, evals.csv, comparison.csv, localization.csv and comparison.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from rosd.io import atomic_path
+from rosd.metrics import summarize
+
+BASE_TARGET = "all"  # the untrained θ0 is evaluated once per seed as method "base", target "all"
+IDENTITY = ["method", "target", "seed", "round"]
+LOCALIZATION = [
+    "reflection_parse_rate",
+    "quote_found_rate",
+    "quote_start_frac",
+    "loss_token_frac",
+    "first_error_hit_rate",
+]
+
+
+def _identity(path: Path, root: Path) -> dict:
+    method, target, seed_dir, round_dir = path.relative_to(root).parts[:4]
+    return {
+        "method": method,
+        "target": target,
+        "seed": int(seed_dir.removeprefix("seed")),
+        "round": int(round_dir.removeprefix("round")),
+    }
+
+
+def _eval_row(path: Path, root: Path) -> dict:
+    identity = _identity(path, root)
+    summary_path = path.with_suffix(".json")
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+    else:  # the per-sample records are the source of truth; recompute a missing summary
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        per_problem = len(records) // max(1, len({r["id"] for r in records}))
+        summary = summarize(records, k=per_problem)
+    benchmark = path.stem
+    return {
+        **identity,
+        "benchmark": benchmark,
+        "in_domain": benchmark == identity["target"],
+        **summary,
+    }
+
+
+def collect(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rounds_df, evals_df): one row per round metrics file, one per (checkpoint, benchmark)."""
+    exp = Path(exp_dir)
+    runs, evals = exp / "runs", exp / "eval"
+    rounds = [
+        {**_identity(p, runs), **json.loads(p.read_text())}
+        for p in sorted(runs.glob("*/*/seed*/round*/metrics.json"))
+    ]
+    scores = [_eval_row(p, evals) for p in sorted(evals.glob("*/*/seed*/round*/*.jsonl"))]
+    rounds_df = pd.DataFrame(rounds, columns=None if rounds else IDENTITY)
+    evals_df = pd.DataFrame(scores, columns=None if scores else [*IDENTITY, "benchmark"])
+    return (
+        rounds_df.sort_values(IDENTITY, ignore_index=True),
+        evals_df.sort_values([*IDENTITY, "benchmark"], ignore_index=True),
+    )
+
+
+def seed_stats(long: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Mean, std (ddof=1) and count over seeds of ``value`` per (method, target) and benchmark.
+
+    ``long`` has one row per (method, target, seed, benchmark). The result has index
+    (method, target) and columns (label, stat) with stat in mean/std/seeds; a label is
+    "<benchmark> (ID)" where the benchmark is the row's train target, else "<benchmark> (OOD)".
+    In-domain columns come first. Rows with target "all" (θ0) fill every column of a benchmark.
+    """
+    if long.empty:
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=["method", "target"]))
+    trained = long[long["target"] != BASE_TARGET]
+    trained = trained.assign(
+        label=[
+            f"{b} ({'ID' if b == t else 'OOD'})"
+            for b, t in zip(trained["benchmark"], trained["target"], strict=True)
+        ]
+    )
+    labels_of = trained.groupby("benchmark")["label"].unique()
+    base_rows = [
+        {**row, "label": label}
+        for row in long[long["target"] == BASE_TARGET].to_dict("records")
+        for label in labels_of.get(row["benchmark"], [f"{row['benchmark']} (OOD)"])
+    ]
+    labelled = pd.concat([trained, pd.DataFrame(base_rows, columns=trained.columns)])
+    stats = labelled.groupby(["method", "target", "label"])[value].agg(
+        mean="mean", std="std", seeds="count"
+    )
+    wide = stats.unstack("label").swaplevel(axis=1)
+    labels = wide.columns.get_level_values(0).unique()
+    ordered = sorted(labels, key=lambda label: (label.endswith("(OOD)"), label))
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([ordered, ["mean", "std", "seeds"]]))
+    base_first = sorted(wide.index, key=lambda mt: (mt[1] != BASE_TARGET, mt[1], mt[0]))
+    return wide.reindex(base_first)
+
+
+def _cell(mean: float, std: float, seeds: float, digits: int) -> str:
+    if not seeds or math.isnan(mean):
+        return ""
+    if seeds == 1:  # no spread to report from a single seed
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_mean_std(stats: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """``seed_stats`` output as strings "mean ± std", with method, target and seeds columns."""
+    if stats.empty:
+        return pd.DataFrame(columns=["method", "target", "seeds"])
+    out = pd.DataFrame(index=stats.index)
+    out["seeds"] = stats.xs("seeds", axis=1, level=1).max(axis=1).fillna(0).astype(int)
+    for label in stats.columns.get_level_values(0).unique():
+        cols = stats[label]
+        out[label] = [
+            _cell(m, s, n, digits)
+            for m, s, n in zip(cols["mean"], cols["std"], cols["seeds"].fillna(0), strict=True)
+        ]
+    return out.rename_axis(["method", "target"]).reset_index()
+
+
+def comparison_table(evals: pd.DataFrame, metric: str = "mean_at_k") -> pd.DataFrame:
+    """One row per (method, target): ``metric`` at the final evaluated round, mean ± std over seeds.
+
+    The final round is the last one evaluated for the (method, target); seeds that have not
+    reached it are left out, which the seeds column shows.
+    """
+    if evals.empty:
+        return pd.DataFrame(columns=["method", "target", "round", "seeds"])
+    last = evals.groupby(["method", "target"])["round"].transform("max")
+    final = evals[evals["round"] == last]
+    table = format_mean_std(seed_stats(final, metric))
+    rounds = final.groupby(["method", "target"])["round"].max()
+    keys = zip(table["method"], table["target"], strict=True)
+    table.insert(2, "round", [rounds[key] for key in keys])
+    return table
+
+
+def localization_table(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, target): localization metrics averaged over rounds and seeds, nulls skipped."""
+    numeric = rounds.reindex(columns=["method", "target", "seed", *LOCALIZATION])
+    numeric[LOCALIZATION] = numeric[LOCALIZATION].apply(pd.to_numeric, errors="coerce")
+    grouped = numeric.groupby(["method", "target"])
+    table = grouped[LOCALIZATION].mean()
+    table.insert(0, "seeds", grouped["seed"].nunique())
+    return table.reset_index()
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub pipe table with padded columns, so the raw text reads as a table too."""
+
+    def text(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value).replace("|", "\\|")
+
+    rows = [[text(c) for c in df.columns]]
+    rows += [[text(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max(3, *(len(row[i]) for row in rows)) for i in range(len(df.columns))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Write the experiment's tables to ``out_dir``; returns the paths written."""
+    rounds, evals = collect(exp_dir)
+    comparison = comparison_table(evals)
+    localization = localization_table(rounds)
+    ks = evals["k"].dropna().unique() if "k" in evals else []
+    metric = f"mean@{int(ks[0])}" if len(ks) == 1 else "mean@k"
+    markdown = (
+        f"## Comparison: {metric} at the final evaluated round (mean ± std over seeds)\n\n"
+        "ID = in-domain (the benchmark is the method's train target), OOD = out-of-domain. "
+        "base is the untrained θ0 and appears in every benchmark column.\n\n"
+        f"{markdown_table(comparison)}\n"
+        "## Localization (mean over rounds and seeds)\n\n"
+        f"{markdown_table(localization)}"
+    )
+    out = Path(out_dir)
+    files = {
+        "rounds.csv": rounds.to_csv(index=False),
+        "evals.csv": evals.to_csv(index=False),
+        "comparison.csv": comparison.to_csv(index=False),
+        "localization.csv": localization.to_csv(index=False),
+        "comparison.md": markdown,
+    }
+    for name, text in files.items():
+        with atomic_path(out / name) as tmp:  # readers never see a half-written table
+            tmp.write_text(text, encoding="utf-8")
+    return [out / name for name in files]

@@ -1,0 +1,79 @@
+"""Reflection parsing and error localization (SPEC §1.5, §1.7): pure functions over strings and ids."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_QUOTE = re.compile(r"<error_quote>(.*?)</error_quote>", re.IGNORECASE | re.DOTALL)
+# The reference spells the tag "explaination"; accept the correct spelling too.
+_EXPLANATION = re.compile(r"<expla(?:i)?nation>(.*?)</expla(?:i)?nation>", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Reflection:
+    error_quote: str | None
+    explanation: str | None
+
+    @property
+    def parsed(self) -> bool:
+        """A reflection parses when it yields an explanation (the part the teacher reads)."""
+        return self.explanation is not None
+
+
+def _first(pattern: re.Pattern, text: str) -> str | None:
+    match = pattern.search(text)
+    if match is None:
+        return None
+    return match.group(1).strip() or None
+
+
+def parse_reflection(text: str) -> Reflection:
+    """First matching tag of each kind, case-insensitive, stripped; empty counts as absent."""
+    return Reflection(error_quote=_first(_QUOTE, text), explanation=_first(_EXPLANATION, text))
+
+
+def find_quote(response: str, quote: str | None) -> int | None:
+    """Character offset of the quote's first occurrence in the response, or None.
+
+    As the reference: ``str.find`` of the quote, then of the quote stripped of surrounding white space.
+    """
+    if not quote:
+        return None
+    for candidate in (quote, quote.strip()):
+        if candidate:
+            at = response.find(candidate)
+            if at != -1:
+                return at
+    return None
+
+
+def token_at_char(tokenizer, response_ids: list[int], char_offset: int) -> int:
+    """Index of the sampled token that holds character ``char_offset`` of the decoded response.
+
+    Exact: decoded prefix lengths of the sampled ids themselves grow monotonically, so a binary
+    search finds the first token whose prefix reaches past the offset.
+    """
+    lo, hi = 0, len(response_ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(response_ids[: mid + 1], skip_special_tokens=False)) > char_offset:
+            hi = mid
+        else:
+            lo = mid + 1
+    return min(lo, max(len(response_ids) - 1, 0))
+
+
+def token_at_char_retokenized(tokenizer, response: str, char_offset: int) -> int:
+    """The reference's mapping: the number of tokens in the re-tokenized text before the quote."""
+    return len(tokenizer(response[:char_offset], add_special_tokens=False)["input_ids"])
+
+
+def loss_start(tokenizer, response: str, response_ids: list[int], quote: str | None, mapping: str = "offsets") -> int:
+    """First response token that carries loss: the quote's first token when found, else 0."""
+    at = find_quote(response, quote)
+    if at is None:
+        return 0
+    if mapping == "retokenize":
+        return min(token_at_char_retokenized(tokenizer, response, at), len(response_ids))
+    return token_at_char(tokenizer, response_ids, at)

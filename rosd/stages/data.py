@@ -1,0 +1,39 @@
+"""Data preparation and θ0: the first two stages."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from rosd.io import atomic_dir, write_jsonl
+
+log = logging.getLogger(__name__)
+
+SHIPPED_THETA0 = Path(__file__).resolve().parent.parent / "world" / "theta0"
+
+
+def prepare_data(*, name: str, split: str, settings: dict, out: str) -> None:
+    """Write the tasks of one benchmark (split "test") or train target (split "train")."""
+    from rosd.world.tasks import generate
+
+    size = settings["train_size"] if split == "train" else settings["test_size"]
+    tasks = generate(name, split, size, settings["seed"])
+    write_jsonl(out, tasks)
+    log.info("wrote %d %s tasks of %s to %s", len(tasks), split, name, out)
+
+
+def init_model(*, settings: dict, out: str) -> None:
+    """Place θ0 at ``out``: the shipped embedded-world model, a local path, or a fresh warm start."""
+    init = settings["init"]
+    if init == "warm_start":
+        from rosd.world.warm_start import run_warm_start
+
+        run_warm_start(out, **settings.get("warm_start", {}))
+        return
+    source = SHIPPED_THETA0 if init == "shipped" else Path(settings["path"])
+    if not (source / "config.json").exists():
+        raise SystemExit(f"model.init={init!r}: no Hugging Face model directory at {source}")
+    with atomic_dir(out) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md"))
+    log.info("θ0 copied from %s to %s", source, out)

@@ -1,0 +1,41 @@
+"""Evaluation (SPEC §4): k samples per test problem, every sample's correctness kept on disk."""
+
+from __future__ import annotations
+
+import logging
+
+from rosd.engines import load_engine
+from rosd.grading import extract_answer, score
+from rosd.io import read_jsonl, write_json, write_jsonl
+from rosd.metrics import summarize
+from rosd.prompts import chat_prompt_ids, student_messages
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluate(*, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
+    tasks = read_jsonl(data)
+    ev, gen = settings["evaluation"], settings["generation"]
+    engine = load_engine(gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"])
+    prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
+    samples = engine.generate(
+        prompts, n=ev["samples"], temperature=ev["temperature"], top_p=ev["top_p"],
+        max_new_tokens=ev["max_new_tokens"], seed=settings["seed"],
+    )
+    records = [
+        {
+            "id": task["id"],
+            "sample": j,
+            "correct": int(score(task["kind"], s.text, task["answer"])),
+            "extracted": extract_answer(task["kind"], s.text),
+            "response": s.text,
+        }
+        for task, group in zip(tasks, samples)
+        for j, s in enumerate(group)
+    ]
+    write_jsonl(out_samples, records)
+    summary = summarize(records, ev["samples"])
+    summary.update({key: settings[key] for key in ("method", "target", "seed", "round", "benchmark")})
+    summary["in_domain"] = settings["benchmark"] == settings["target"]
+    write_json(out_summary, summary)
+    log.info("%s on %s: mean@%d = %.3f", model, settings["benchmark"], ev["samples"], summary["mean_at_k"])

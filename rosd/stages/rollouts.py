@@ -1,0 +1,72 @@
+"""Rollouts (SPEC §1.1) and grading (§1.2) for one round."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from rosd.engines import load_engine
+from rosd.grading import score
+from rosd.io import read_jsonl, write_jsonl
+from rosd.prompts import chat_prompt_ids, student_messages
+
+log = logging.getLogger(__name__)
+
+
+def round_prompts(tasks: list[dict], *, seed: int, round_index: int, per_round: int) -> list[dict]:
+    """The prompts of round ``round_index`` (1-based): consecutive slices of seeded epoch shuffles,
+    so a run walks through the whole train split before repeating a prompt."""
+    start = (round_index - 1) * per_round
+    picked = []
+    for position in range(start, start + per_round):
+        epoch, offset = divmod(position, len(tasks))
+        order = list(range(len(tasks)))
+        random.Random(f"{seed}-{epoch}").shuffle(order)
+        picked.append(tasks[order[offset]])
+    return picked
+
+
+def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
+    """Sample ``rollouts_per_prompt`` responses per prompt from the round's starting checkpoint."""
+    train, gen = settings["train"], settings["generation"]
+    per_step = train["batch_prompts"]
+    tasks = round_prompts(
+        read_jsonl(data), seed=settings["seed"], round_index=settings["round"], per_round=per_step * train["steps_per_round"]
+    )
+    engine = load_engine(gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"])
+    prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
+    samples = engine.generate(
+        prompts,
+        n=train["rollouts_per_prompt"],
+        temperature=train["temperature"],
+        top_p=train["top_p"],
+        max_new_tokens=train["max_new_tokens"],
+        seed=settings["seed"] * 100_003 + settings["round"],
+    )
+    rows = []
+    for group, (task, prompt, group_samples) in enumerate(zip(tasks, prompts, samples)):
+        for j, sample in enumerate(group_samples):
+            rows.append(
+                {
+                    "step": group // per_step,
+                    "group": group,
+                    "sample": j,
+                    "task": task,
+                    "prompt_ids": prompt,
+                    "response_ids": sample.ids,
+                    "response": sample.text,
+                    "sampler_logps": sample.logps,
+                }
+            )
+    write_jsonl(out, rows)
+    log.info("wrote %d rollouts of %d prompts to %s", len(rows), len(tasks), out)
+
+
+def run_grade(*, rollouts: str, out: str) -> None:
+    """Reward 1.0 or 0.0 per rollout from the task's verifier."""
+    rows = read_jsonl(rollouts)
+    for row in rows:
+        row["reward"] = score(row["task"]["kind"], row["response"], row["task"]["answer"])
+    write_jsonl(out, rows)
+    accuracy = sum(r["reward"] for r in rows) / max(len(rows), 1)
+    log.info("graded %d rollouts: accuracy %.3f", len(rows), accuracy)

@@ -1,0 +1,255 @@
+"""MLflow ingestion of one experiment's metric files into a SQLite store (SPEC §2, §6).
+
+The store is ``sqlite:///<exp_dir>/mlflow.db`` with artifacts under ``<exp_dir>/mlartifacts``.
+Stages never talk to MLflow: they write metric files, and a single Snakemake rule calls
+``ingest`` afterwards. Only that one process ever writes the store, which is how we avoid
+SQLite's "database is locked" when many jobs run in parallel (SPEC §6).
+
+Layout: one MLflow experiment per experiment name; one parent run per (method, target, seed)
+with tags method/target/seed, the flattened config as params, the evaluation metrics as
+``eval/{benchmark}/{metric}`` (step = round) and the round metrics as ``train/{metric}``
+(step = global step); one nested child run per round (tag round) holding that round's metrics
+(step = global step).
+
+Ingest is idempotent: each parent carries a hash of its input files and the params. A parent
+whose hash matches is kept; otherwise it and its children are deleted and written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import numbers
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+# Nothing here may touch the network: MLflow 3 would otherwise send usage telemetry.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.utils.validation import (  # noqa: E402
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+from rosd.aggregate import (  # noqa: E402
+    BASE_TARGET,
+    IDENTITY,
+    collect,
+    format_mean_std,
+    markdown_table,
+    seed_stats,
+)
+
+# Creating a store logs each schema step at INFO; that is noise in every pipeline log.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+_TRUNCATED = "...[truncated]"
+PARENT_FILTER = "tags.level = 'seed'"  # parents carry level=seed, round children level=round
+
+
+def tracking_uri(exp_dir: str | os.PathLike) -> str:
+    return f"sqlite:///{Path(exp_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config as MLflow params: keys joined with ".", values stringified and cut to fit."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, f"{name}."))
+            continue
+        text = str(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            text = text[: MAX_PARAM_VAL_LENGTH - len(_TRUNCATED)] + _TRUNCATED
+        flat[name] = text
+    return flat
+
+
+def _numeric(value) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and value == value  # NaN: a null in the metric file
+    )
+
+
+def _input_hash(exp: Path, method: str, target: str, seed: int, params: dict[str, str]) -> str:
+    """Hash of the run's raw input files (paths and bytes) and params, stable across ingests."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    run_dir = f"{method}/{target}/seed{seed}"
+    rounds = (exp / "runs" / run_dir).glob("round*/metrics.json")
+    evals = (exp / "eval" / run_dir).glob("round*/*.json*")  # summaries and per-sample records
+    files = sorted([*rounds, *evals])
+    for path in files:
+        digest.update(str(path.relative_to(exp)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _delete_with_children(client: MlflowClient, experiment_id: str, run_id: str) -> None:
+    for child in _search(client, experiment_id, f"tags.mlflow.parentRunId = '{run_id}'"):
+        client.delete_run(child.info.run_id)
+    client.delete_run(run_id)
+
+
+def _log(
+    client: MlflowClient, run_id: str, metrics: Sequence[Metric], params: Sequence[Param] = ()
+) -> None:
+    # log_batch caps how many entities one call may carry
+    for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+
+
+def _round_metrics(row: dict, prefix: str, timestamp: int) -> list[Metric]:
+    step = int(row["step"])
+    return [
+        Metric(f"{prefix}{key}", float(value), timestamp, step)
+        for key, value in row.items()
+        if key not in IDENTITY and key != "step" and _numeric(value)
+    ]
+
+
+def _eval_metrics(evals: pd.DataFrame, timestamp: int) -> list[Metric]:
+    return [
+        Metric(f"eval/{row['benchmark']}/{key}", float(value), timestamp, int(row["round"]))
+        for row in evals.to_dict("records")
+        for key, value in row.items()
+        if (key in ("mean_at_k", "maj_at_k") or key.startswith("pass_at_")) and _numeric(value)
+    ]
+
+
+def _write_parent(
+    client: MlflowClient,
+    experiment_id: str,
+    identity: tuple[str, str, int],
+    params: dict[str, str],
+    digest: str,
+    rounds: pd.DataFrame,
+    evals: pd.DataFrame,
+) -> None:
+    method, target, seed = identity
+    tags = {"level": "seed", "method": method, "target": target, "seed": str(seed)}
+    parent = client.create_run(experiment_id, tags=tags, run_name=f"{method}-{target}-seed{seed}")
+    parent_id = parent.info.run_id
+    now = int(time.time() * 1000)
+    round_rows = rounds.to_dict("records")
+    # the round metrics also go on the parent, so its charts show the whole training curve
+    train_series = [m for row in round_rows for m in _round_metrics(row, "train/", now)]
+    params_list = [Param(key, value) for key, value in params.items()]
+    _log(client, parent_id, _eval_metrics(evals, now) + train_series, params_list)
+    for row in round_rows:
+        child_tags = {**tags, "level": "round", "round": str(row["round"])}
+        child_tags["mlflow.parentRunId"] = parent_id  # what makes MLflow nest it
+        child = client.create_run(experiment_id, tags=child_tags, run_name=f"round{row['round']}")
+        _log(client, child.info.run_id, _round_metrics(row, "", now))
+        client.set_terminated(child.info.run_id)
+    # The hash goes on last: a parent left half-written by a crash never matches, so the next
+    # ingest replaces it.
+    client.set_tag(parent_id, "input_hash", digest)
+    client.set_terminated(parent_id)
+
+
+def _experiment_id(client: MlflowClient, exp_dir: Path, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        artifacts = (exp_dir / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(experiment, artifact_location=artifacts)
+    if found.lifecycle_stage == "deleted":
+        client.restore_experiment(found.experiment_id)
+    return found.experiment_id
+
+
+def ingest(exp_dir: str, experiment: str, config: dict) -> int:
+    """Write (or keep) one parent run per (method, target, seed); returns how many there are."""
+    exp = Path(exp_dir)
+    rounds, evals = collect(exp)
+    client = MlflowClient(tracking_uri=tracking_uri(exp))
+    experiment_id = _experiment_id(client, exp, experiment)
+    params = flatten_params(config)
+    keys = ["method", "target", "seed"]
+    rounds_of = dict(iter(rounds.groupby(keys)))
+    evals_of = dict(iter(evals.groupby(keys)))
+    identities = sorted(rounds_of.keys() | evals_of.keys())
+    for method, target, seed in identities:
+        digest = _input_hash(exp, method, target, seed, params)
+        existing = _search(
+            client,
+            experiment_id,
+            f"{PARENT_FILTER} and tags.method = '{method}' and tags.target = '{target}' "
+            f"and tags.seed = '{seed}'",
+        )
+        keep = next((run for run in existing if run.data.tags.get("input_hash") == digest), None)
+        for run in existing:
+            if run is not keep:
+                _delete_with_children(client, experiment_id, run.info.run_id)
+        if keep is None:
+            identity = (method, target, seed)
+            own_rounds = rounds_of.get(identity, rounds.iloc[:0])
+            own_evals = evals_of.get(identity, evals.iloc[:0])
+            _write_parent(client, experiment_id, identity, params, digest, own_rounds, own_evals)
+    return len(identities)
+
+
+def compare_table(
+    exp_dir: str,
+    experiment: str,
+    methods: Iterable[str] | None = None,
+    targets: Iterable[str] | None = None,
+    metric: str = "mean_at_k",
+) -> pd.DataFrame:
+    """``eval/*/{metric}`` of each parent run's last evaluated round, mean/std/count over seeds.
+
+    Returns ``rosd.aggregate.seed_stats`` output: index (method, target), columns
+    (benchmark label with (ID)/(OOD), stat). ``targets`` filters trained runs only; the base
+    row (target "all") stays whenever "base" is among ``methods``.
+    """
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri(exp_dir))
+    try:  # mlflow.search_runs reads the global URI; put the caller's back afterwards
+        runs = mlflow.search_runs(experiment_names=[experiment], filter_string=PARENT_FILTER)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    long = _long_metric(runs, metric)
+    if methods is not None:
+        long = long[long["method"].isin(list(methods))]
+    if targets is not None:
+        long = long[long["target"].isin([*targets, BASE_TARGET])]
+    return seed_stats(long, "value")
+
+
+def _long_metric(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """search_runs' wide frame as rows (method, target, seed, benchmark, value)."""
+    prefix, suffix = "metrics.eval/", f"/{metric}"
+    columns = [c for c in runs.columns if c.startswith(prefix) and c.endswith(suffix)]
+    if not columns:
+        return pd.DataFrame(columns=["method", "target", "seed", "benchmark", "value"])
+    tags = {"tags.method": "method", "tags.target": "target", "tags.seed": "seed"}
+    long = runs.melt(id_vars=list(tags), value_vars=columns, var_name="benchmark")
+    long = long.rename(columns=tags)
+    long["benchmark"] = long["benchmark"].str.slice(len(prefix), -len(suffix))
+    return long.dropna(subset=["value"])
+
+
+def format_markdown(df: pd.DataFrame) -> str:
+    """A ``compare_table`` result as a pipe table of "mean ± std" cells."""
+    return markdown_table(format_mean_std(df))

@@ -1,0 +1,100 @@
+"""Reflection parsing and the quote -> first-loss-token mapping (SPEC §1.5, §1.7)."""
+
+from pathlib import Path
+
+import pytest
+
+from rosd.reflection import find_quote, loss_start, parse_reflection, token_at_char
+
+THETA0 = Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0"
+
+
+def test_parse_reads_first_tags_case_insensitively_and_strips():
+    text = "<ERROR_QUOTE>  8 - 2 = 5 </error_quote>\n<explaination> 8 - 2 is 6 </explaination><error_quote>x</error_quote>"
+    parsed = parse_reflection(text)
+    assert parsed.error_quote == "8 - 2 = 5"
+    assert parsed.explanation == "8 - 2 is 6"
+    assert parsed.parsed
+
+
+def test_parse_accepts_the_correct_spelling_and_treats_empty_as_absent():
+    parsed = parse_reflection("<error_quote>  </error_quote><explanation>fix it</explanation>")
+    assert parsed.error_quote is None
+    assert parsed.explanation == "fix it"
+
+
+def test_unparsable_reflection_yields_none():
+    parsed = parse_reflection("I think step two is wrong.")
+    assert parsed.error_quote is None and parsed.explanation is None and not parsed.parsed
+
+
+def test_find_quote_first_occurrence_and_stripped_fallback():
+    response = "a = 1\nb = 2\na = 1\n"
+    assert find_quote(response, "a = 1") == 0
+    assert find_quote(response, "b = 2") == 6
+    assert find_quote(response, "  b = 2 \n") == 6
+    assert find_quote(response, "c = 3") is None
+    assert find_quote(response, None) is None
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from rosd.modeling import load_tokenizer
+
+    return load_tokenizer(str(THETA0))
+
+
+RESPONSE = "3 + 5 = 8\n8 - 2 = 5\n5 + 4 = 9\nThe answer is \\boxed{9}."
+
+
+def _assert_token_holds(tokenizer, ids, index, offset):
+    before = len(tokenizer.decode(ids[:index]))
+    through = len(tokenizer.decode(ids[: index + 1]))
+    assert before <= offset < through
+
+
+@pytest.mark.parametrize(
+    "quote",
+    ["3 + 5 = 8", "8 - 2 = 5", "\\boxed{9}.", "9}.", "nswer is", "  8 - 2 = 5  "],
+    ids=["at-start", "middle-line", "at-end", "last-chars", "inside-a-token", "padded"],
+)
+def test_quote_maps_to_the_token_holding_its_first_character(tokenizer, quote):
+    ids = tokenizer(RESPONSE, add_special_tokens=False)["input_ids"]
+    offset = find_quote(RESPONSE, quote)
+    index = loss_start(tokenizer, RESPONSE, ids, quote)
+    _assert_token_holds(tokenizer, ids, index, offset)
+
+
+def test_quote_at_start_maps_to_token_zero(tokenizer):
+    ids = tokenizer(RESPONSE, add_special_tokens=False)["input_ids"]
+    assert loss_start(tokenizer, RESPONSE, ids, "3 + 5") == 0
+
+
+def test_repeated_quote_maps_to_first_occurrence(tokenizer):
+    response = "1 + 1 = 2\n2 + 0 = 2\n1 + 1 = 2"
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    assert loss_start(tokenizer, response, ids, "1 + 1 = 2") == 0
+    index = loss_start(tokenizer, response, ids, "2 + 0")
+    _assert_token_holds(tokenizer, ids, index, 10)
+
+
+def test_absent_quote_distills_everything(tokenizer):
+    ids = tokenizer(RESPONSE, add_special_tokens=False)["input_ids"]
+    assert loss_start(tokenizer, RESPONSE, ids, "7 * 7 = 49") == 0
+    assert loss_start(tokenizer, RESPONSE, ids, None) == 0
+
+
+def test_reference_mapping_counts_retokenized_prefix(tokenizer):
+    ids = tokenizer(RESPONSE, add_special_tokens=False)["input_ids"]
+    offset = RESPONSE.index("8 - 2")
+    expected = len(tokenizer(RESPONSE[:offset], add_special_tokens=False)["input_ids"])
+    assert loss_start(tokenizer, RESPONSE, ids, "8 - 2 = 5", mapping="retokenize") == expected
+
+
+def test_offsets_mapping_uses_the_sampled_ids_not_a_retokenization(tokenizer):
+    # Sampled ids need not be the canonical tokenization: spell every character as its own token.
+    pieces = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in RESPONSE]
+    ids = [i for piece in pieces for i in piece]
+    assert tokenizer.decode(ids) == RESPONSE
+    offset = RESPONSE.index("5 + 4")
+    assert token_at_char(tokenizer, ids, offset) == sum(len(p) for p in pieces[:offset])
