@@ -1,6 +1,7 @@
 # rosd: Reflective On-Policy Self-Distillation as cached, file-based stages.
 #   snakemake --cores all                     the default (embedded world) experiment
 #   snakemake --cores all --configfile F      another preset (see config/)
+import os
 import sys
 
 from snakemake.utils import min_version, validate
@@ -12,7 +13,7 @@ min_version("8.0")
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 try:

@@ -7,8 +7,20 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+
+def _partial(path: Path) -> Path:
+    """The temporary name of ``path`` while it is written. Fixed, so that what a killed attempt
+    left behind is removed by the next attempt instead of piling up."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 @contextlib.contextmanager
@@ -16,14 +28,13 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = _partial(path)
+    _remove(tmp)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -31,15 +42,15 @@ def atomic_dir(path: str | os.PathLike):
     """Like `atomic_path`, for a directory (a checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _partial(path)
+    _remove(tmp)
+    tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
+        _remove(path)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove(tmp)
 
 
 def write_json(path, obj) -> None:

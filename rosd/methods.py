@@ -1,34 +1,52 @@
 """Methods as named presets over one pipeline (SPEC §1, "Methods one config switch apart").
 
-A preset fixes what the teacher reads, which tokens carry loss, which weights the teacher has and
-any loss settings the method defines; `config.method_overrides.<method>` can change any of them.
+A preset fixes what the teacher reads, which tokens carry loss, which weights the teacher has, and
+any loss or training settings the method defines; `config.method_overrides.<method>` changes any of
+them. `resolve` gives a method's full settings: config's `train` and `loss`, then the preset, then
+the user's overrides.
 """
 
 from __future__ import annotations
 
 import copy
 
+_ROSD = {"objective": "distill", "teacher_context": "solution+reflection", "mask": "first_error", "teacher": "frozen"}
+
 PRESETS: dict[str, dict] = {
     # Evaluation only: θ0 as it is.
-    "base": {"train": False},
-    "rosd": {
-        "train": True,
-        "teacher_context": "solution+reflection",
-        "mask": "first_error",
-        "teacher": "frozen",
-    },
-    # The reference baseline the SPEC calls OPSD here: the teacher reads a verified solution from
-    # the dataset and the whole response is distilled, with its own loss (forward KL, full vocab).
+    "base": {"objective": None},
+    "rosd": _ROSD,
+    # The paper's framing: the teacher reads only the reflection.
+    "rosd_reflection_only": {**_ROSD, "teacher_context": "reflection"},
+    # Ablation: reflection in the teacher's prompt, but the whole response distilled.
+    "rosd_no_mask": {**_ROSD, "mask": "full"},
+    # The reference's "OPSD" baseline: a sibling solution, the whole response, an EMA teacher.
+    "sdpo": {"objective": "distill", "teacher_context": "solution", "mask": "full", "teacher": "ema", "ema_rate": 0.05},
+    # OPSD (arXiv 2601.18734): the dataset's reference solution, forward KL over the full vocabulary.
     "opsd": {
-        "train": True,
+        "objective": "distill",
         "teacher_context": "reference",
         "mask": "full",
         "teacher": "frozen",
         "loss": {"support": "full", "alpha": 0.0},
     },
+    # RL baseline: reward minus the group mean (no std scaling), clipped ratio 0.2/0.28, lr 1e-6,
+    # the step's rollouts split into 4 mini-batch updates.
+    "grpo": {
+        "objective": "grpo",
+        "teacher_context": None,
+        "mask": "full",
+        "teacher": None,
+        "train": {"lr": 1.0e-6},
+        "grpo": {"clip_low": 0.2, "clip_high": 0.28, "updates_per_batch": 4},
+    },
 }
 
-TEACHER_CONTEXTS = ("solution+reflection", "reflection", "solution", "reference")
+METHODS = tuple(PRESETS)
+
+
+def trains(settings: dict) -> bool:
+    return settings["objective"] is not None
 
 
 def needs_reflection(settings: dict) -> bool:
@@ -43,8 +61,7 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def resolve(config: dict, method: str) -> dict:
-    """The method's full settings: the config's `loss`, then the preset, then the user's overrides."""
     if method not in PRESETS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRESETS)}")
-    settings = _merge({"loss": config["loss"]}, PRESETS[method])
+    settings = _merge({"loss": config["loss"], "train": config["train"]}, PRESETS[method])
     return _merge(settings, config.get("method_overrides", {}).get(method, {}))

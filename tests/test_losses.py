@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from rosd.losses import add_tail, generalized_jsd, importance_weights, masked_token_mean
+from rosd.losses import (
+    add_tail,
+    clipped_policy_gradient,
+    generalized_jsd,
+    importance_weights,
+    masked_token_mean,
+    sampled_token_reverse_kl,
+)
 
 S = torch.log(torch.tensor([[0.5, 0.5]]))
 T = torch.log(torch.tensor([[0.9, 0.1]]))
@@ -75,3 +82,27 @@ def test_masked_token_mean_divides_by_tokens_carrying_loss():
     weights = torch.tensor([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]])
     # (2*1 + 3*0.5 + 4*1) / 3
     assert masked_token_mean(per_token, weights, mask).item() == pytest.approx(7.5 / 3)
+
+
+def test_entry_clip_caps_each_pointwise_term():
+    # KL(T||S) terms: 0.9 ln(1.8) = 0.529008 and 0.1 ln(0.2) = -0.160944; cap 0.3 -> 0.3 - 0.160944
+    assert generalized_jsd(S, T, 0.0, entry_clip=0.3).item() == pytest.approx(0.139056, abs=1e-5)
+
+
+def test_sampled_token_estimator_value_and_gradient():
+    student = torch.log(torch.tensor([0.5])).requires_grad_()
+    teacher = torch.log(torch.tensor([0.25]))
+    loss = sampled_token_reverse_kl(student, teacher)
+    loss.backward()
+    # value: ln 2 * ln 0.5; gradient: the detached ln(0.5/0.25) = ln 2
+    assert loss.item() == pytest.approx(math.log(2) * math.log(0.5), abs=1e-6)
+    assert student.grad.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_clipped_policy_gradient_clips_ratio_asymmetrically():
+    old = torch.zeros(3)
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.1]))
+    # A=+1: ratio 1.5 clipped at 1.28; A=-1: ratio 0.5 clipped at 0.8 -> max(-0.5, -0.8) ... min of negatives
+    advantages = torch.tensor([1.0, -1.0, 1.0])
+    out = clipped_policy_gradient(logp, old, advantages, 0.2, 0.28)
+    assert out.tolist() == pytest.approx([-1.28, 0.8, -1.1], abs=1e-6)

@@ -1,7 +1,8 @@
-"""Distillation (SPEC §1.8-1.9): round r's optimizer steps, checkpoint r-1 -> checkpoint r.
+"""Training (SPEC §1.8-1.9): round r's optimizer steps, checkpoint r-1 -> checkpoint r.
 
 The checkpoint carries the AdamW moments and the global step, so rounds resume one optimizer
-(restarting AdamW each round would make every round's first step a sign step).
+(restarting AdamW each round would make every round's first step a sign step), and, for an EMA
+teacher, the teacher's weights. The objective is the distillation loss, or GRPO for that baseline.
 """
 
 from __future__ import annotations
@@ -14,41 +15,61 @@ from statistics import mean
 import torch
 
 from rosd.io import atomic_dir, read_jsonl, write_json
-from rosd.losses import add_tail, generalized_jsd, importance_weights, masked_token_mean
+from rosd.losses import (
+    add_tail,
+    clipped_policy_gradient,
+    generalized_jsd,
+    importance_weights,
+    masked_token_mean,
+    sampled_token_reverse_kl,
+)
 from rosd.modeling import load_model, load_tokenizer
-from rosd.scoring import batches, response_logps
+from rosd.losses import chunked_over_tokens
+from rosd.scoring import batches, logp_of, response_tokens
+from rosd.stages.teacher import EMA_TEACHER
 
 log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"
 
 
-def _pad(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
-    out = torch.zeros((len(tensors), length) + tuple(tensors[0].shape[1:]), dtype=tensors[0].dtype)
-    for b, t in enumerate(tensors):
-        out[b, : len(t)] = t
-    return out
+def _flat(rows: list[dict], key: str) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(r[key]) for r in rows])
 
 
-def micro_batch_terms(model, rows, targets, *, loss: dict, temperature: float, is_clip, pad_id: int):
-    """Per-token divergence, token weights and loss mask of one micro-batch, each ``[B, T]``."""
-    responses = [r["response_ids"] for r in rows]
-    logp, mask = response_logps(model, [r["prompt_ids"] for r in rows], responses, temperature=temperature, pad_id=pad_id)
-    length = logp.shape[1]
-    teacher = _pad([t["teacher_logp"] for t in targets], length).to(logp.device)
-    if loss["support"] == "topk_tail":
-        support = _pad([t["support"].long() for t in targets], length).to(logp.device)
-        student = add_tail(logp.gather(-1, support))
-    else:
-        student = logp
-    per_token = generalized_jsd(student, teacher, loss["alpha"])
-    sampled = _pad([torch.tensor(r) for r in responses], length).to(logp.device)
-    train_logp = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-    sampler_logp = _pad([torch.tensor(r["sampler_logps"]) for r in rows], length).to(logp.device)
-    weights = importance_weights(train_logp, sampler_logp, is_clip)
-    positions = torch.arange(length, device=logp.device).unsqueeze(0)
-    starts = torch.tensor([r["loss_start"] for r in rows], device=logp.device).unsqueeze(1)
-    return per_token, weights, mask * (positions >= starts)
+def micro_batch_terms(model, rows, targets, *, settings: dict):
+    """Per-token loss, token weights and loss mask of one micro-batch, each flat ``[N]`` over its
+    response tokens; the vocabulary projection runs in chunks of ``train.token_chunk`` tokens."""
+    train, method = settings["train"], settings["method"]
+    hidden = response_tokens(model, [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows], pad_id=settings["pad_id"])
+    device = hidden.device
+    sampled = _flat(rows, "response_ids").to(device)
+    sampler_logp = _flat(rows, "sampler_logps").float().to(device)
+    mask = torch.cat([(torch.arange(len(r["response_ids"])) >= r["loss_start"]).float() for r in rows]).to(device)
+    loss = method.get("loss", {})
+    if method["objective"] == "distill":
+        teacher = torch.cat([t["teacher_logp"] for t in targets]).to(device)
+        support = torch.cat([t["support"].long() for t in targets]).to(device) if loss["support"] == "topk_tail" else None
+
+    def token_terms(h, start, stop):
+        logp = logp_of(model, h, train["temperature"])
+        token_logp = logp.gather(-1, sampled[start:stop, None]).squeeze(-1)
+        if method["objective"] == "grpo":
+            return torch.stack([token_logp, token_logp], -1)
+        if loss["support"] == "sampled_token":
+            return torch.stack([sampled_token_reverse_kl(token_logp, teacher[start:stop]), token_logp], -1)
+        student = add_tail(logp.gather(-1, support[start:stop])) if support is not None else logp
+        divergence = generalized_jsd(student, teacher[start:stop], loss["alpha"], loss.get("entry_clip"))
+        return torch.stack([divergence, token_logp], -1)
+
+    terms = chunked_over_tokens(hidden, token_terms, train["token_chunk"])
+    per_token, train_logp = terms[:, 0], terms[:, 1]
+    if method["objective"] == "grpo":
+        advantages = torch.cat([torch.full((len(r["response_ids"]),), r["advantage"]) for r in rows]).to(device)
+        grpo = method["grpo"]
+        per_token = clipped_policy_gradient(train_logp, sampler_logp, advantages, grpo["clip_low"], grpo["clip_high"])
+        return per_token, torch.ones_like(per_token), mask
+    return per_token, importance_weights(train_logp, sampler_logp, train["is_clip"]), mask
 
 
 def optimizer_for(model, train: dict, state_dir: Path):
@@ -62,20 +83,16 @@ def optimizer_for(model, train: dict, state_dir: Path):
 
 
 def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: int) -> dict:
-    """One optimizer step over the step's rollouts, reduced per micro-batch (ref) or globally."""
-    train, loss = settings["train"], settings["method"]["loss"]
+    """One optimizer step over the given rollouts, reduced per micro-batch (ref) or globally."""
+    train = settings["train"]
     for group in optimizer.param_groups:
         group["lr"] = train["lr"] * min(1.0, (global_step + 1) / train["warmup_steps"]) if train["warmup_steps"] else train["lr"]
     optimizer.zero_grad(set_to_none=True)
-    pairs = list(zip(rows, targets))
-    chunks = list(batches(pairs, train["micro_batch"]))
+    chunks = list(batches(list(zip(rows, targets or [None] * len(rows))), train["micro_batch"]))
     total_tokens = sum(len(r["response_ids"]) - r["loss_start"] for r in rows)
     reported = 0.0
     for chunk in chunks:
-        per_token, weights, mask = micro_batch_terms(
-            model, [r for r, _ in chunk], [t for _, t in chunk], loss=loss,
-            temperature=train["temperature"], is_clip=train["is_clip"], pad_id=settings["pad_id"],
-        )
+        per_token, weights, mask = micro_batch_terms(model, [r for r, _ in chunk], [t for _, t in chunk], settings=settings)
         if train["reduction"] == "micro_batch":
             value = masked_token_mean(per_token, weights, mask) / len(chunks)
         else:
@@ -85,6 +102,31 @@ def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: 
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
     optimizer.step()
     return {"loss": reported, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]}
+
+
+def group_advantages(rows: list[dict]) -> None:
+    """GRPO's advantage: the reward minus its group's mean reward (no std scaling)."""
+    groups: dict[int, list[float]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r["reward"])
+    for r in rows:
+        r["advantage"] = r["reward"] - mean(groups[r["group"]])
+
+
+def step_updates(rows: list[dict], targets: list, method: dict):
+    """The optimizer updates of one step: the whole batch for distillation; for GRPO, the batch
+    split into ``updates_per_batch`` mini-batches, one update each."""
+    if method["objective"] != "grpo":
+        return [(rows, targets)]
+    parts = method["grpo"]["updates_per_batch"]
+    size = -(-len(rows) // parts)
+    return [(rows[i : i + size], None) for i in range(0, len(rows), size)]
+
+
+@torch.no_grad()
+def update_ema(teacher, student, rate: float) -> None:
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(1.0 - rate).add_(s, alpha=rate)
 
 
 def round_stats(rows: list[dict]) -> dict:
@@ -114,27 +156,39 @@ def round_stats(rows: list[dict]) -> dict:
 def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model: str, out_metrics: str, settings: dict) -> None:
     started = time.time()
     torch.manual_seed(settings["seed"] * 100_003 + settings["round"])
+    method, train = settings["method"], settings["train"]
     rows = read_jsonl(reflections)
     kept = [r for r in rows if r["in_loss"]]
-    targets = torch.load(teacher_scores, weights_only=True)["targets"]
+    if method["objective"] == "grpo":
+        group_advantages(kept)
+    targets = torch.load(teacher_scores, weights_only=True)["targets"] or [None] * len(kept)
     tokenizer = load_tokenizer(model)
     student = load_model(model, device=settings["device"]).train()
-    optimizer, global_step = optimizer_for(student, settings["train"], Path(model))
+    optimizer, global_step = optimizer_for(student, train, Path(model))
+    ema = None
+    if method.get("teacher") == "ema":
+        previous = Path(model) / EMA_TEACHER
+        ema = load_model(str(previous) if previous.exists() else model, device=settings["device"]).eval()
     settings = dict(settings, pad_id=tokenizer.pad_token_id)
     steps = []
-    for step in range(settings["train"]["steps_per_round"]):
+    for step in range(train["steps_per_round"]):
         index = [i for i, r in enumerate(kept) if r["step"] == step]
         if not index:
             log.info("step %d: no group with mixed rewards, no update", step)
             continue
-        result = train_step(student, optimizer, [kept[i] for i in index], [targets[i] for i in index], settings=settings, global_step=global_step)
-        global_step += 1
-        steps.append(result)
-        log.info("step %d/%d (global %d): loss %.4f grad_norm %.3f", step + 1, settings["train"]["steps_per_round"], global_step, result["loss"], result["grad_norm"])
+        for update_rows, update_targets in step_updates([kept[i] for i in index], [targets[i] for i in index], method):
+            result = train_step(student, optimizer, update_rows, update_targets, settings=settings, global_step=global_step)
+            global_step += 1
+            steps.append(result)
+            if ema is not None:
+                update_ema(ema, student, method["ema_rate"])
+            log.info("step %d/%d (global %d): loss %.4f grad_norm %.3f", step + 1, train["steps_per_round"], global_step, result["loss"], result["grad_norm"])
     with atomic_dir(out_model) as tmp:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "global_step": global_step}, tmp / TRAINER_STATE)
+        if ema is not None:
+            ema.save_pretrained(tmp / EMA_TEACHER)
     metrics = {
         "method": settings["method_name"], "target": settings["target"], "seed": settings["seed"], "round": settings["round"],
         "step": global_step,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 
 from rosd.engines import load_engine
@@ -15,17 +16,25 @@ from rosd.reflection import find_quote, loss_start, parse_reflection
 log = logging.getLogger(__name__)
 
 
-def mark_groups(rows: list[dict]) -> None:
-    """Set ``in_loss`` (the group's rewards vary: ref zero-variance filter, which also skips groups
-    with no success) and ``sibling`` (the first *other* correct rollout of the group, or None)."""
+def mark_groups(rows: list[dict], *, group_filter: str = "zero_variance", skip_no_success: bool = True, sibling: str = "first", seed: int = 0) -> None:
+    """Set ``in_loss`` and ``sibling`` (a correct rollout of the same group other than this one).
+
+    The zero-variance filter (ref) drops groups whose rollouts all agree, which also drops groups
+    with no success; ``sibling`` is the first other correct rollout (ref) or a seeded random one.
+    """
+    rng = random.Random(seed)
     groups = defaultdict(list)
     for row in rows:
         groups[row["group"]].append(row)
     for members in groups.values():
         rewards = {m["reward"] for m in members}
+        keep = len(rewards) > 1 if group_filter == "zero_variance" else True
+        if skip_no_success and 1.0 not in rewards:
+            keep = False
         for m in members:
-            m["in_loss"] = len(rewards) > 1
-            m["sibling"] = next((o["response"] for o in members if o is not m and o["reward"] == 1.0), None)
+            m["in_loss"] = keep
+            others = [o["response"] for o in members if o is not m and o["reward"] == 1.0]
+            m["sibling"] = (others[0] if sibling == "first" else rng.choice(others)) if others else None
 
 
 def teacher_context(row: dict, context: str) -> tuple[str | None, str | None]:
@@ -54,46 +63,56 @@ def true_error_hit(row: dict) -> bool | None:
     return start <= row["quote_char"] <= end
 
 
+def reflect(engine, rows: list[dict], settings: dict) -> None:
+    """One reflection per rollout by the current policy; parsed into quote and explanation."""
+    refl = settings["reflection"]
+    prompts = [
+        chat_prompt_ids(
+            engine.tokenizer,
+            reflection_messages(r["task"], r["response"], correct=r["reward"] == 1.0, sibling=r["sibling"]),
+            settings["enable_thinking"],
+        )
+        for r in rows
+    ]
+    outputs = engine.generate(
+        prompts, n=1, temperature=refl["temperature"], top_p=refl["top_p"],
+        max_new_tokens=refl["max_new_tokens"], seed=settings["seed"] * 100_003 + settings["round"],
+    )
+    for row, (sample,) in zip(rows, outputs):
+        parsed = parse_reflection(sample.text)
+        row.update(reflection=sample.text, error_quote=parsed.error_quote, explanation=parsed.explanation, parsed=parsed.parsed)
+
+
+def localize(tokenizer, row: dict, settings: dict) -> None:
+    """Where a wrong rollout's loss starts: the quote's first token when the quote is found (and the
+    method masks from the first error), else 0 — an unparsed reflection distills in full."""
+    wrong = row["reward"] == 0.0
+    quote = row.get("error_quote") if wrong else None
+    row["quote_char"] = find_quote(row["response"], quote)
+    row["loss_start"] = 0
+    if settings["method"]["mask"] == "first_error" and wrong:
+        mapping = settings["reflection"]["quote_mapping"]
+        row["loss_start"] = loss_start(tokenizer, row["response"], row["response_ids"], quote, mapping)
+    row["first_error_hit"] = true_error_hit(row)
+
+
 def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
     rows = read_jsonl(graded)
-    mark_groups(rows)
-    kept = [r for r in rows if r["in_loss"]]
     method = settings["method"]
+    mark_groups(rows, **settings["train"], seed=settings["seed"])
+    kept = [r for r in rows if r["in_loss"]]
     engine = None
     if needs_reflection(method) and kept:
-        refl = settings["reflection"]
         gen = settings["generation"]
         engine = load_engine(gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"])
-        prompts = [
-            chat_prompt_ids(
-                engine.tokenizer,
-                reflection_messages(r["task"], r["response"], correct=r["reward"] == 1.0, sibling=r["sibling"]),
-                settings["enable_thinking"],
-            )
-            for r in kept
-        ]
-        outputs = engine.generate(
-            prompts, n=1, temperature=refl["temperature"], top_p=refl["top_p"],
-            max_new_tokens=refl["max_new_tokens"], seed=settings["seed"] * 100_003 + settings["round"],
-        )
-        for row, (sample,) in zip(kept, outputs):
-            parsed = parse_reflection(sample.text)
-            row.update(reflection=sample.text, error_quote=parsed.error_quote, explanation=parsed.explanation, parsed=parsed.parsed)
+        reflect(engine, [r for r in kept if r["reward"] == 0.0 or settings["reflection"]["reflect_correct"]], settings)
     tokenizer = engine.tokenizer if engine else _tokenizer(model)
     for row in kept:
-        wrong = row["reward"] == 0.0
-        quote = row.get("error_quote") if wrong else None
-        row["quote_char"] = find_quote(row["response"], quote)
-        row["loss_start"] = 0
-        if method["mask"] == "first_error" and wrong:
-            row["loss_start"] = loss_start(
-                tokenizer, row["response"], row["response_ids"], quote, settings["reflection"]["quote_mapping"]
-            )
-        row["first_error_hit"] = true_error_hit(row)
-        solution, reflection = teacher_context(row, method["teacher_context"])
-        row["teacher_prompt_ids"] = chat_prompt_ids(
-            tokenizer, teacher_messages(row["task"], solution=solution, reflection=reflection), settings["enable_thinking"]
-        )
+        localize(tokenizer, row, settings)
+        if method["objective"] == "distill":
+            solution, reflection = teacher_context(row, method["teacher_context"])
+            messages = teacher_messages(row["task"], solution=solution, reflection=reflection)
+            row["teacher_prompt_ids"] = chat_prompt_ids(tokenizer, messages, settings["enable_thinking"])
     write_jsonl(out, rows)
     log.info("%d of %d rollouts in loss; %d reflections parsed", len(kept), len(rows), sum(bool(r.get("parsed")) for r in kept))
 

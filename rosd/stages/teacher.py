@@ -1,7 +1,8 @@
 """Teacher scoring (SPEC §2): the teacher's log-probs on the student's support, per response token.
 
 For each rollout in the loss, the round's student picks its top-k support from its own prompt and
-the teacher (θ0 for the frozen teacher) scores the same response ids after its richer prompt.
+the teacher scores the same response ids after its richer prompt. The teacher is θ0 (frozen), the
+EMA weights the previous round saved beside its checkpoint (ema), or the round's student (live).
 """
 
 from __future__ import annotations
@@ -11,53 +12,76 @@ import time
 
 import torch
 
+from pathlib import Path
+
 from rosd.io import atomic_path, read_jsonl
 from rosd.losses import add_tail
 from rosd.modeling import load_model, load_tokenizer
-from rosd.scoring import batches, response_logps
+from rosd.scoring import batches, logp_of, response_tokens
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def teacher_targets(teacher, student, rows: list[dict], *, support: str, topk: int, temperature: float, pad_id: int, micro_batch: int) -> list[dict]:
-    """Per row: ``support`` ids [T, k] (None for the full vocabulary) and ``teacher_logp`` [T, k+1 or V]."""
+def teacher_targets(teacher, student, rows: list[dict], *, support: str, topk: int, temperature: float, pad_id: int, micro_batch: int, token_chunk: int) -> list[dict]:
+    """Per row: ``support`` ids [T, k] (None otherwise) and ``teacher_logp``: [T, k+1] on the
+    student's top-k + tail, [T, V] for the full vocabulary, [T] on the sampled token. The
+    vocabulary projection runs over chunks of ``token_chunk`` tokens."""
     targets, started = [], time.time()
     for chunk in batches(rows, micro_batch):
         responses = [r["response_ids"] for r in chunk]
-        t_logp, _ = response_logps(teacher, [r["teacher_prompt_ids"] for r in chunk], responses, temperature=temperature, pad_id=pad_id)
-        if support == "topk_tail":
-            s_logp, _ = response_logps(student, [r["prompt_ids"] for r in chunk], responses, temperature=temperature, pad_id=pad_id)
-            ids = s_logp.topk(min(topk, s_logp.shape[-1]), dim=-1).indices
-            t_logp = add_tail(t_logp.gather(-1, ids))
-        for b, row in enumerate(chunk):
-            n = len(row["response_ids"])
-            targets.append(
-                {
-                    "support": ids[b, :n].to(torch.int32).cpu() if support == "topk_tail" else None,
-                    "teacher_logp": t_logp[b, :n].float().cpu(),
-                }
-            )
+        t_hidden = response_tokens(teacher, [r["teacher_prompt_ids"] for r in chunk], responses, pad_id=pad_id)
+        s_hidden = response_tokens(student, [r["prompt_ids"] for r in chunk], responses, pad_id=pad_id) if support == "topk_tail" else None
+        sampled = torch.cat([torch.tensor(r) for r in responses]).to(t_hidden.device)
+        ids, logps = [], []
+        for start in range(0, t_hidden.shape[0], token_chunk):
+            stop = min(start + token_chunk, t_hidden.shape[0])
+            t_logp = logp_of(teacher, t_hidden[start:stop], temperature)
+            if support == "topk_tail":
+                top = logp_of(student, s_hidden[start:stop], temperature).topk(min(topk, t_logp.shape[-1]), dim=-1).indices
+                ids.append(top)
+                t_logp = add_tail(t_logp.gather(-1, top))
+            elif support == "sampled_token":
+                t_logp = t_logp.gather(-1, sampled[start:stop, None]).squeeze(-1)
+            logps.append(t_logp.cpu())
+        lengths = [len(r) for r in responses]
+        all_logp = torch.cat(logps).split(lengths)
+        all_ids = torch.cat(ids).to(torch.int32).cpu().split(lengths) if ids else [None] * len(chunk)
+        targets += [{"support": i, "teacher_logp": t} for i, t in zip(all_ids, all_logp)]
         rate = len(targets) / max(time.time() - started, 1e-9)
         log.info("scored %d/%d rollouts (%.1f/s, ETA %.0fs)", len(targets), len(rows), rate, (len(rows) - len(targets)) / rate)
     return targets
 
 
+EMA_TEACHER = "ema_teacher"
+
+
+def teacher_dir(kind: str, theta0: str, student: str) -> str:
+    """Where the round's teacher weights are: θ0, the saved EMA weights, or the student itself."""
+    if kind == "frozen":
+        return theta0
+    ema = Path(student) / EMA_TEACHER
+    return str(ema) if kind == "ema" and ema.exists() else student
+
+
 def run_teacher_score(*, teacher: str, student: str, reflections: str, out: str, settings: dict) -> None:
+    method = settings["method"]
     rows = [r for r in read_jsonl(reflections) if r["in_loss"]]
-    loss = settings["method"]["loss"]
-    tokenizer = load_tokenizer(student)
-    kwargs = dict(device=settings["device"], dtype=settings["dtype"])
-    targets = teacher_targets(
-        load_model(teacher, **kwargs).eval(),
-        load_model(student, **kwargs).eval() if loss["support"] == "topk_tail" else None,
-        rows,
-        support=loss["support"],
-        topk=loss["topk"],
-        temperature=settings["train"]["temperature"],
-        pad_id=tokenizer.pad_token_id,
-        micro_batch=settings["train"]["micro_batch"],
-    )
+    targets = []
+    if method["objective"] == "distill" and rows:
+        loss = method["loss"]
+        kwargs = dict(device=settings["device"], dtype=settings["dtype"])
+        targets = teacher_targets(
+            load_model(teacher_dir(method["teacher"], teacher, student), **kwargs).eval(),
+            load_model(student, **kwargs).eval() if loss["support"] == "topk_tail" else None,
+            rows,
+            support=loss["support"],
+            topk=loss["topk"],
+            temperature=settings["train"]["temperature"],
+            pad_id=load_tokenizer(student).pad_token_id,
+            micro_batch=settings["train"]["micro_batch"],
+            token_chunk=settings["train"]["token_chunk"],
+        )
     with atomic_path(out) as tmp:
-        torch.save({"support": loss["support"], "targets": targets}, tmp)
+        torch.save({"targets": targets}, tmp)
     log.info("wrote teacher targets of %d rollouts to %s", len(targets), out)

@@ -2,20 +2,21 @@
 # keys it reads, so changing (say) an evaluation setting reruns evaluation and nothing upstream.
 import json
 
-from rosd.methods import resolve
+from rosd.methods import needs_reflection, resolve, trains
 
 EXP = f"results/{config['experiment']}"
 RUN = EXP + "/runs/{method}/{target}/seed{seed}"
 ROUND = RUN + "/round{round}"
 EVAL = EXP + "/eval/{method}/{target}/seed{seed}/round{round}/{benchmark}"
 THETA0 = EXP + "/models/theta0"
-TRAINED = [m for m in config["methods"] if resolve(config, m)["train"]]
+TRAINED = [m for m in config["methods"] if trains(resolve(config, m))]
 
 
 wildcard_constraints:
     seed=r"\d+",
     round=r"\d+",
-    method="|".join(config["methods"]),
+    # θ0 is always evaluated (as "base"): it is round 0 of every learning curve.
+    method="|".join(sorted(set(config["methods"]) | {"base"})),
 
 
 def checkpoint_dir(method, target, seed, round):
@@ -58,22 +59,31 @@ def as_json(settings):
 def model_settings(**extra):
     model = config["model"]
     keys = ("device", "dtype", "enable_thinking")
-    return {**{k: model[k] for k in keys}, "generation": config["generation"], **extra}
+    return {**{k: model[k] for k in keys}, **extra}
+
+
+def pick(settings, keys):
+    return {k: settings[k] for k in keys if k in settings}
 
 
 SAMPLING_KEYS = ("batch_prompts", "rollouts_per_prompt", "steps_per_round", "temperature", "top_p", "max_new_tokens")
+FILTER_KEYS = ("group_filter", "skip_no_success", "sibling")
 
 
 def stage_settings(stage, wildcards):
-    """The JSON settings of one round stage for one (method, target, seed, round)."""
-    seed, round = int(wildcards.seed), int(wildcards.round)
-    train = config["train"]
-    if stage == "rollouts":
-        return as_json(model_settings(seed=seed, round=round, train={k: train[k] for k in SAMPLING_KEYS}))
+    """The JSON settings of one round stage of one run: only the keys the stage reads, so a change
+    reruns the stages it affects (and what follows them), never the others."""
     method = resolve(config, wildcards.method)
-    common = model_settings(seed=seed, round=round, method=method, train=train)
+    train = method.pop("train")
+    common = model_settings(seed=int(wildcards.seed), round=int(wildcards.round))
+    if stage == "rollouts":
+        return as_json({**common, "generation": config["generation"], "train": pick(train, SAMPLING_KEYS)})
     if stage == "reflect":
-        return as_json({**common, "reflection": config["reflection"]})
+        reflect = {"train": pick(train, FILTER_KEYS), "method": pick(method, ("objective", "teacher_context", "mask"))}
+        if needs_reflection(method):
+            reflect.update(reflection=config["reflection"], generation=config["generation"])
+        return as_json({**common, **reflect})
     if stage == "teacher":
-        return as_json(common)
-    return as_json({**common, "method_name": wildcards.method, "target": wildcards.target})
+        teacher = {"method": pick(method, ("objective", "teacher", "loss")), "train": pick(train, ("temperature", "micro_batch", "token_chunk"))}
+        return as_json({**common, **teacher})
+    return as_json({**common, "method": method, "train": train, "method_name": wildcards.method, "target": wildcards.target})

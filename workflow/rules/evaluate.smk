@@ -18,7 +18,7 @@ rule evaluate:
         settings=lambda w: as_json(
             model_settings(
                 seed=int(w.seed), round=int(w.round), method=w.method, target=w.target,
-                benchmark=w.benchmark, evaluation=config["evaluation"],
+                benchmark=w.benchmark, evaluation=config["evaluation"], generation=config["generation"],
             )
         ),
     log:

@@ -48,9 +48,16 @@ rule reflect:
         "rosd reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q} 2> {log}"
 
 
+def teacher_input(wildcards):
+    """θ0 for a frozen teacher; otherwise the previous checkpoint, which holds the EMA or live weights."""
+    if resolve(config, wildcards.method)["teacher"] == "frozen":
+        return THETA0
+    return previous_checkpoint(wildcards)
+
+
 rule teacher_score:
     input:
-        teacher=THETA0,
+        teacher=teacher_input,
         student=previous_checkpoint,
         reflections=ROUND + "/reflections.jsonl",
     output:
