@@ -1,0 +1,202 @@
+"""Warm start (SPEC §5): train the world's θ0 from scratch by supervised learning.
+
+θ0 must be imperfect but meaningful in all three roles of the method, so the supervised mix holds
+solving (the student's prompt → the solution), reflecting (the reflector's prompt → the exact tag
+format, quoting the true first wrong line) and teacher-style copying (the teacher's prompt → the
+solution it was shown), over every task family, mostly the train target ``math``.
+
+    python -m rosd.world.warm_start rosd/world/theta0 --evaluate   # how the shipped θ0 was made
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import random
+import sys
+import time
+
+import torch
+
+from rosd.io import atomic_dir
+from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
+from rosd.world.model import build_model, train_tokenizer
+from rosd.world.evaluation import evaluate, write_report
+from rosd.world.tasks import corrupt, explain_correct, explain_error, sample
+
+log = logging.getLogger(__name__)
+
+FAMILY_WEIGHTS = {"math": 0.6, "math_long": 0.1, "mcq": 0.15, "tooluse": 0.15}
+ROLE_WEIGHTS = {"solve": 0.35, "reflect_wrong": 0.35, "reflect_correct": 0.10, "teach": 0.20}
+MAX_LENGTH = 1024  # tokens; longer examples are dropped
+POOL_BATCHES = 16  # examples are sorted by length within a pool of this many batches (less padding)
+
+
+def example(task: dict, role: str, rng: random.Random) -> tuple[list[dict], str]:
+    """(chat messages, target text) of one supervised example for ``role``."""
+    if role == "solve":
+        return student_messages(task), task["solution"]
+    if role == "reflect_wrong":
+        wrong, first_wrong_line = corrupt(task, rng)
+        messages = reflection_messages(task, wrong, correct=False, sibling=task["solution"])
+        return messages, (
+            f"<error_quote>{first_wrong_line}</error_quote>\n"
+            f"<explaination>{explain_error(task, wrong)}</explaination>"
+        )
+    if role == "reflect_correct":
+        messages = reflection_messages(task, task["solution"], correct=True, sibling=None)
+        return messages, f"<explaination>{explain_correct(task)}</explaination>"
+    # The teacher reads a reflection on a wrong rollout (mostly) or a correct one, with or without the
+    # sibling solution: the variants the methods use (SPEC §1.6).
+    reflection = explain_error(task, corrupt(task, rng)[0]) if rng.random() < 0.7 else explain_correct(task)
+    context = rng.choice(["both", "both", "solution", "reflection"])
+    messages = teacher_messages(
+        task,
+        solution=task["solution"] if context != "reflection" else None,
+        reflection=reflection if context != "solution" else None,
+    )
+    return messages, task["solution"]
+
+
+def _draw(rng: random.Random, weights: dict) -> str:
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def _examples(rng: random.Random):
+    while True:
+        task = sample(_draw(rng, FAMILY_WEIGHTS), "train", rng)
+        yield example(task, _draw(rng, ROLE_WEIGHTS), rng)
+
+
+def tokenizer_corpus(seed: int, n: int = 3000):
+    """The world's text: every role's rendered messages and targets, with the chat roles' names."""
+    rng = random.Random(seed)
+    for messages, target in (next(_examples(rng)) for _ in range(n)):
+        yield "\n".join(f"{m['role']}\n{m['content']}" for m in messages) + "\nassistant\n" + target
+
+
+def _encode(tokenizer, messages, target) -> tuple[list[int], int]:
+    """Prompt + target + end-of-turn ids, and where the target starts (loss falls only after it)."""
+    prompt = chat_prompt_ids(tokenizer, messages)
+    reply = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt + reply, len(prompt)
+
+
+def _batches(tokenizer, rng: random.Random, batch_size: int):
+    """Padded (input_ids, attention_mask, labels) batches of similar lengths, in random order."""
+    examples = _examples(rng)
+    while True:
+        pool = []
+        while len(pool) < POOL_BATCHES * batch_size:
+            ids, start = _encode(tokenizer, *next(examples))
+            if len(ids) <= MAX_LENGTH:
+                pool.append((ids, start))
+        pool.sort(key=lambda item: len(item[0]))
+        chunks = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
+            labels = torch.full((len(chunk), width), -100)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (ids, start) in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                labels[row, start : len(ids)] = torch.tensor(ids[start:])
+                mask[row, : len(ids)] = 1
+            yield input_ids, mask, labels
+
+
+def _save(model, tokenizer, out_dir: str, record: dict) -> None:
+    """Model, tokenizer and how they were made, written atomically (readers never see half a model)."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "warm_start.json").write_text(json.dumps(record, indent=2))
+
+
+def run_warm_start(
+    out_dir: str,
+    *,
+    seed: int = 0,
+    steps: int = 4000,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    layers: int = 4,
+    hidden: int = 128,
+    vocab_size: int = 1024,
+    log_every: int = 50,
+    warmup: int = 100,
+    threads: int = 1,
+    device: str = "cpu",
+    snapshot_every: int = 0,
+) -> dict:
+    """Train θ0 from scratch and save model + tokenizer to ``out_dir``; returns training metrics.
+
+    AdamW with linear warm-up then a constant ``lr``; loss only on target tokens. The schedule does
+    not depend on ``steps``, so the snapshot that ``snapshot_every`` saves at step k (to
+    ``{out_dir}-step{k}``) is the model a run with ``steps=k`` makes: that is how the step count of
+    the shipped θ0 was chosen (arithmetic is learned suddenly, so accuracy depends steeply on it).
+    """
+    settings = {k: v for k, v in locals().items() if k != "out_dir"}
+    # One thread: on a busy two-core machine, two OpenMP threads spin against other jobs and run
+    # several times slower than one; it also keeps the run bit-reproducible whatever the core count.
+    torch.set_num_threads(threads)
+    started = time.time()
+    rng = random.Random(seed)
+    tokenizer = train_tokenizer(tokenizer_corpus(seed), vocab_size)
+    model = build_model(tokenizer, layers=layers, hidden=hidden, seed=seed).to(device).train()
+    log.info("warm start: %d parameters, vocab %d, %s", model.num_parameters(), len(tokenizer), settings)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    batches = _batches(tokenizer, rng, batch_size)
+    tokens, window_loss, window_start, recent_loss = 0, 0.0, time.time(), float("nan")
+    for step in range(1, steps + 1):
+        input_ids, mask, labels = (t.to(device) for t in next(batches))
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        tokens += int(mask.sum())
+        window_loss += loss.item()
+        if step % log_every == 0 or step == steps:
+            elapsed = time.time() - started
+            recent_loss = window_loss / (step % log_every or log_every)
+            log.info(
+                "step %d/%d loss %.4f lr %.2e tokens/s %.0f ETA %.0fs",
+                step, steps, recent_loss, scheduler.get_last_lr()[0],
+                tokens / (time.time() - window_start), elapsed / step * (steps - step),
+            )
+            tokens, window_loss, window_start = 0, 0.0, time.time()
+        if snapshot_every and step % snapshot_every == 0 and step < steps:
+            _save(model, tokenizer, f"{out_dir}-step{step}", {"settings": {**settings, "steps": step}})
+    metrics = {"steps": steps, "final_loss": recent_loss, "seconds": round(time.time() - started, 1)}
+    _save(model.cpu().eval(), tokenizer, out_dir, {"settings": settings, "metrics": metrics})
+    log.info("warm start done: %s -> %s", metrics, out_dir)
+    return metrics
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir")
+    defaults = {k: v.default for k, v in inspect.signature(run_warm_start).parameters.items()
+                if k != "out_dir"}
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--evaluate", action="store_true", help="measure θ0 and write evaluation.json + README.md")
+    parser.add_argument("--eval-n", type=int, default=200)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_warm_start(args.out_dir, **{name: getattr(args, name) for name in defaults})
+    if args.evaluate:
+        results = evaluate(args.out_dir, n=args.eval_n, device=args.device)
+        log.info("evaluation: %s", results)
+        command = "python -m rosd.world.warm_start " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_report(args.out_dir, results, n=args.eval_n, command=command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The embedded world: task generator, true first errors, tokenizer/model and the warm start."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rosd.grading import score
+from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages
+from rosd.reflection import find_quote
+from rosd.world.evaluation import evaluate_accuracy
+from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
+from rosd.world.warm_start import run_warm_start
+
+THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
+FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
+
+
+def _problem(task: dict) -> str:
+    """The arithmetic question (first line) or the tool-use question (after "Question: ")."""
+    return task["prompt"].rsplit("Question: ", 1)[-1].split("\n")[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generator_is_deterministic_and_splits_are_disjoint(family):
+    train = generate(family, "train", 300, seed=0)
+    assert train == generate(family, "train", 300, seed=0)
+    assert train != generate(family, "train", 300, seed=1)
+    test = [t for seed in (0, 1) for t in generate(family, "test", 100, seed)]
+    # disjoint problems, not only prompts: an mcq's options or a tool list may be reshuffled
+    assert not {_problem(t) for t in test} & {_problem(t) for t in train}
+    assert len({t["id"] for t in train}) == 300
+    assert all(set(t) == FIELDS and t["solution"] == "\n".join(t["steps"]) for t in train)
+    json.dumps(train)  # tasks are plain records
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_solutions_grade_one_and_corruptions_zero(family):
+    rng = random.Random(0)
+    for task in generate(family, "test", 200, seed=3):
+        assert score(task["kind"], task["solution"], task["answer"]) == 1.0
+        assert first_error_offset(task, task["solution"]) is None
+        wrong, first_wrong_line = corrupt(task, rng)
+        assert score(task["kind"], wrong, task["answer"]) == 0.0
+        # the returned line is where the world locates the first error
+        assert find_quote(wrong, first_wrong_line) == first_error_offset(task, wrong)
+        assert first_wrong_line in explain_error(task, wrong)
+        assert task["answer"] in explain_correct(task) or task["kind"] == "tooluse"
+
+
+def test_first_error_offset_by_hand():
+    task = {"steps": ["3 + 5 = 8", "8 - 2 = 6", "The answer is \\boxed{6}."]}
+    assert first_error_offset(task, "3 + 5 = 8\n8 - 2 = 6\nThe answer is \\boxed{6}.") is None
+    assert first_error_offset(task, "3 + 5 = 8  \n\n 8 - 2 = 6\nThe answer is \\boxed{6}.\n") is None
+    wrong = "3 + 5 = 8\n8 - 2 = 5\nThe answer is \\boxed{5}."
+    assert first_error_offset(task, wrong) == len("3 + 5 = 8\n")
+    # blank lines are skipped; the offset points at the line's text, not its indentation
+    assert first_error_offset(task, "3 + 5 = 8\n\n  8 - 2 = 5") == len("3 + 5 = 8\n\n  ")
+    assert first_error_offset(task, "3 + 5 = 9") == 0
+    extra = "3 + 5 = 8\n8 - 2 = 6\nThe answer is \\boxed{6}.\nAnd more."
+    assert first_error_offset(task, extra) == extra.index("And more.")
+    assert first_error_offset(task, "3 + 5 = 8") is None  # stops early, but no line deviates
+
+
+TINY = dict(seed=0, batch_size=4, lr=1e-3, layers=1, hidden=32, vocab_size=400, log_every=1, warmup=1)
+
+
+def test_tiny_warm_start_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "theta"
+    metrics = run_warm_start(str(out), steps=3, snapshot_every=2, **TINY)
+    assert metrics["steps"] == 3 and metrics["final_loss"] > 0
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert tokenizer.pad_token == "<|endoftext|>"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Compute 1 + 2."}], tokenize=False,
+                                             add_generation_prompt=True, enable_thinking=False)
+    assert rendered == "<|im_start|>user\nCompute 1 + 2.<|im_end|>\n<|im_start|>assistant\n"
+    assert not list(tmp_path.glob(".*"))  # the temporary directory was swapped in
+    assert 0.0 <= evaluate_accuracy(str(out), "math", n=2) <= 1.0
+
+    # The snapshot at step 2 is exactly the model a 2-step run makes (how θ0's step count was chosen).
+    run_warm_start(str(tmp_path / "two"), steps=2, **TINY)
+    snapshot = (tmp_path / "theta-step2" / "model.safetensors").read_bytes()
+    assert snapshot == (tmp_path / "two" / "model.safetensors").read_bytes()
+
+
+def test_shipped_theta0_loads_and_round_trips_world_text():
+    tokenizer = AutoTokenizer.from_pretrained(THETA0)
+    model = AutoModelForCausalLM.from_pretrained(THETA0)
+    assert len(tokenizer) <= 2000 and model.config.vocab_size == len(tokenizer)
+    assert model.config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for family in FAMILIES:
+        task = generate(family, "test", 1, seed=0)[0]
+        for messages in (student_messages(task), reflection_messages(task, task["solution"], correct=True, sibling=None)):
+            ids = chat_prompt_ids(tokenizer, messages)
+            text = tokenizer.decode(ids)
+            assert task["prompt"] in text and text.endswith("<|im_start|>assistant\n")
+            assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+        solution_ids = tokenizer(task["solution"], add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(solution_ids) == task["solution"]
+        # digits are single tokens, so numbers are spelled digit by digit
+        tokens = tokenizer.convert_ids_to_tokens(solution_ids)
+        assert all(len(tok) == 1 for tok in tokens if any(c.isdigit() for c in tok))
