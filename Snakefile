@@ -24,6 +24,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/execution.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/round.smk"
 include: "workflow/rules/evaluate.smk"

@@ -25,8 +25,9 @@ STAGES = {
     "distill": ("rosd.stages.distill", "run_distill", ["model", "reflections", "teacher_scores", "out_model", "out_metrics"]),
     "evaluate": ("rosd.stages.evaluate", "run_evaluate", ["model", "data", "out_samples", "out_summary"]),
     "aggregate": ("rosd.aggregate", "write_tables", ["exp_dir", "out_dir"]),
+    "plots": ("rosd.plots", "write_plots", ["rounds", "evals", "comparison", "localization_table", "out_dir", "out_page"]),
 }
-NO_SETTINGS = {"grade", "aggregate"}
+NO_SETTINGS = {"grade", "aggregate", "plots"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--results", default="results", help="the results directory")
     compare.add_argument("--method", action="append", help="only these methods (repeatable)")
     compare.add_argument("--target", action="append", help="only these train targets (repeatable)")
-    compare.add_argument("--metric", default="mean_at_k")
+    compare.add_argument("--metric", default="mean_at_k", help="mean_at_k, maj_at_k, pass_at_<j>")
+    compare.add_argument("--out", help="also write the table to OUT.csv (numbers) and OUT.md (as printed)")
+    with_gpu = sub.add_parser("with-gpu", help="run COMMAND with its own GPU(s) from the local pool (ROSD_GPUS)")
+    with_gpu.add_argument("--count", type=int, default=1, help="GPUs the command needs (0: run it as it is)")
+    with_gpu.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     return parser
 
 
@@ -66,12 +71,33 @@ def _compare(args) -> None:
     if not os.path.exists(os.path.join(exp_dir, "mlflow.db")):
         sys.exit(f"no MLflow store at {exp_dir}/mlflow.db: run the pipeline first (snakemake --cores all)")
     table = compare_table(exp_dir, args.experiment, methods=args.method, targets=args.target, metric=args.metric)
-    print(format_markdown(table))
+    if table.empty:  # an unknown metric or filters that match nothing: say so, not an empty table
+        sys.exit(f"no runs in {exp_dir} with metric {args.metric!r} for methods {args.method or 'all'}, targets {args.target or 'all'}")
+    markdown = format_markdown(table)
+    print(markdown)
+    if args.out:
+        write_compare_outputs(table, markdown, args.out)
+
+
+def write_compare_outputs(table, markdown: str, prefix: str) -> None:
+    """OUT.csv with one "<benchmark (ID|OOD)> <mean|std|seeds>" column per statistic, OUT.md as printed."""
+    from rosd.io import atomic_path
+
+    flat = table.copy()
+    flat.columns = [f"{label} {stat}" for label, stat in flat.columns]
+    with atomic_path(prefix + ".csv") as tmp:
+        flat.reset_index().to_csv(tmp, index=False)
+    with atomic_path(prefix + ".md") as tmp:
+        tmp.write_text(markdown, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.command == "with-gpu":
+        from rosd.gpu_pool import exec_with_gpus
+
+        return exec_with_gpus(args.count, args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
     if args.command == "track":
         return _track(args)
     if args.command == "compare":

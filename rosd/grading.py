@@ -1,15 +1,24 @@
-"""Verifiers: one score per (kind, response, answer), graded as the reference grades (SPEC §4)."""
+"""Verifiers: one score per (kind, response, answer), graded as the reference grades (SPEC §4).
+
+Math: the last balanced ``\\boxed{}`` compared exactly; only when that fails does math-verify decide,
+in worker processes with a timeout (`rosd.mathverify`). `score_batch` grades many responses with
+the math-verify checks of the whole batch spread over the worker pool.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 
 KINDS = ("math", "mcq", "tooluse")
 
 _ACTION = re.compile(r"Action:\s*([^\n]+)")
 _ACTION_INPUT = re.compile(r"Action Input:\s*")
+# Plain integers compare by value in-process (math-verify would agree); capped in length because
+# int() refuses strings beyond a few thousand digits.
+_INTEGER = re.compile(r"[+-]?\d{1,100}")
 
 
 def last_boxed(text: str) -> str | None:
@@ -68,16 +77,49 @@ def gold_tool_calls(answer: str | list) -> tuple[Counter, dict]:
     return names, merged
 
 
+def _math_without_verifier(boxed: str | None, answer) -> float | None:
+    """1.0 or 0.0 when the boxed answer decides it alone; None when math-verify must decide."""
+    if boxed is None:
+        return 0.0
+    given, gold = boxed.strip(), str(answer).strip()
+    if given == gold:
+        return 1.0
+    if _INTEGER.fullmatch(given) and _INTEGER.fullmatch(gold):
+        return float(int(given) == int(gold))
+    return None
+
+
 def score(kind: str, response: str, answer) -> float:
     """1.0 if ``response`` answers correctly, else 0.0. ``kind`` is "math", "mcq" or "tooluse"."""
     if kind == "math":
-        boxed = last_boxed(response)
-        return float(boxed is not None and boxed.strip() == str(answer).strip())
+        return score_batch([(kind, response, answer)])[0]
     if kind == "mcq":
         return float(mcq_answer(response) == str(answer).strip())
     if kind == "tooluse":
         return float(tool_calls(response) == gold_tool_calls(answer))
     raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def score_batch(items: Iterable[tuple[str, str, object]], *, timeout: float | None = None) -> list[float]:
+    """`score` of each (kind, response, answer), with the math-verify checks run in parallel;
+    ``timeout`` bounds each math-verify phase (default `rosd.mathverify.DEFAULT_TIMEOUT`)."""
+    from rosd.mathverify import DEFAULT_TIMEOUT, equivalent_many
+
+    scores: list[float | None] = []
+    undecided: list[tuple[int, str, str]] = []  # (position, gold, boxed) for math-verify
+    for position, (kind, response, answer) in enumerate(items):
+        if kind != "math":
+            scores.append(score(kind, response, answer))
+            continue
+        boxed = last_boxed(response)
+        decided = _math_without_verifier(boxed, answer)
+        scores.append(decided)
+        if decided is None:
+            undecided.append((position, str(answer).strip(), boxed.strip()))
+    verdicts = equivalent_many([(gold, boxed) for _, gold, boxed in undecided], timeout=timeout or DEFAULT_TIMEOUT)
+    for (position, _, _), same in zip(undecided, verdicts):
+        scores[position] = float(same)
+    return scores  # type: ignore[return-value]
 
 
 def extract_answer(kind: str, response: str) -> str | None:

@@ -73,14 +73,9 @@ def maj_at_k(answers_by_problem: Sequence[Sequence[tuple[str | None, int]]], k: 
 
 
 def pass_ks(k: int) -> list[int]:
-    """The pass@j levels reported for k samples: powers of two below k, then k itself."""
+    """The pass@j levels reported for k samples: every j from 1 to k (the whole pass@k curve)."""
     _check_int("k", k, 1)
-    levels = []
-    j = 1
-    while j < k:
-        levels.append(j)
-        j *= 2
-    return [*levels, k]
+    return list(range(1, k + 1))
 
 
 def summarize(records: Sequence[dict], k: int) -> dict:

@@ -6,13 +6,16 @@ Stages never talk to MLflow: they write metric files, and a single Snakemake rul
 SQLite's "database is locked" when many jobs run in parallel (SPEC §6).
 
 Layout: one MLflow experiment per experiment name; one parent run per (method, target, seed)
-with tags method/target/seed, the flattened config as params, the evaluation metrics as
-``eval/{benchmark}/{metric}`` (step = round) and the round metrics as ``train/{metric}``
-(step = global step); one nested child run per round (tag round) holding that round's metrics
-(step = global step).
+with tags method/target/seed, the flattened config as params, the config itself as the artifact
+``config.yaml``, the evaluation metrics as ``eval/{benchmark}/{metric}`` (step = round; the
+metric ``eval/{benchmark}/k`` says which k mean@k and maj@k used) and the round metrics as
+``train/{metric}`` (step = global step); one nested child run per round (tag round) holding that
+round's metrics (step = global step) and the artifact ``samples/reflections.jsonl``: a few of
+the round's rollouts with their reflections, token ids and log-probs left out.
 
-Ingest is idempotent: each parent carries a hash of its input files and the params. A parent
-whose hash matches is kept; otherwise it and its children are deleted and written again.
+Ingest is idempotent: each parent carries a hash of its input files, the config and the
+samples. A parent whose hash matches is kept; otherwise it and its children are deleted and
+written again.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 _TRUNCATED = "...[truncated]"
 PARENT_FILTER = "tags.level = 'seed'"  # parents carry level=seed, round children level=round
+SAMPLE_ROWS = 8  # rollouts per round kept as an artifact: enough to read, small enough to store
+# Token ids and log-probs make a sample unreadable and large; the text fields say the same.
+SAMPLE_DROPPED_SUFFIXES = ("_ids", "_logps")
 
 
 def tracking_uri(exp_dir: str | os.PathLike) -> str:
@@ -82,9 +88,43 @@ def _numeric(value) -> bool:
     )
 
 
-def _input_hash(exp: Path, method: str, target: str, seed: int, params: dict[str, str]) -> str:
-    """Hash of the run's raw input files (paths and bytes) and params, stable across ingests."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+def reflection_sample(path: Path, rows: int = SAMPLE_ROWS) -> str | None:
+    """The first ``rows`` rollouts of a round's reflections.jsonl as JSON lines, those in the
+    loss (the ones with reflections) first, without token ids and log-probs; None if absent."""
+    if not path.exists():
+        return None
+    in_loss, others = [], []
+    with open(path) as f:  # streamed: a full-size round's file is large, the sample is not
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if record.get("in_loss"):
+                in_loss.append(record)
+            elif len(others) < rows:
+                others.append(record)
+            if len(in_loss) == rows:
+                break
+    return "".join(
+        json.dumps({k: v for k, v in r.items() if not k.endswith(SAMPLE_DROPPED_SUFFIXES)}) + "\n"
+        for r in (in_loss + others)[:rows]
+    )
+
+
+def _round_samples(exp: Path, method: str, target: str, seed: int) -> dict[int, str]:
+    run_dir = exp / "runs" / method / target / f"seed{seed}"
+    samples = {}
+    for path in sorted(run_dir.glob("round*/reflections.jsonl")):
+        sample = reflection_sample(path)
+        if sample is not None:
+            samples[int(path.parent.name.removeprefix("round"))] = sample
+    return samples
+
+
+def _input_hash(exp: Path, method: str, target: str, seed: int, config: dict, samples: dict[int, str]) -> str:
+    """Hash of the run's raw input files (paths and bytes), config and artifact samples, stable
+    across ingests."""
+    digest = hashlib.sha256(json.dumps([config, samples], sort_keys=True).encode())
     run_dir = f"{method}/{target}/seed{seed}"
     rounds = (exp / "runs" / run_dir).glob("round*/metrics.json")
     evals = (exp / "eval" / run_dir).glob("round*/*.json*")  # summaries and per-sample records
@@ -134,7 +174,7 @@ def _eval_metrics(evals: pd.DataFrame, timestamp: int) -> list[Metric]:
         Metric(f"eval/{row['benchmark']}/{key}", float(value), timestamp, int(row["round"]))
         for row in evals.to_dict("records")
         for key, value in row.items()
-        if (key in ("mean_at_k", "maj_at_k") or key.startswith("pass_at_")) and _numeric(value)
+        if (key in ("k", "mean_at_k", "maj_at_k") or key.startswith("pass_at_")) and _numeric(value)
     ]
 
 
@@ -142,10 +182,11 @@ def _write_parent(
     client: MlflowClient,
     experiment_id: str,
     identity: tuple[str, str, int],
-    params: dict[str, str],
+    config: dict,
     digest: str,
     rounds: pd.DataFrame,
     evals: pd.DataFrame,
+    samples: dict[int, str],
 ) -> None:
     method, target, seed = identity
     tags = {"level": "seed", "method": method, "target": target, "seed": str(seed)}
@@ -155,13 +196,16 @@ def _write_parent(
     round_rows = rounds.to_dict("records")
     # the round metrics also go on the parent, so its charts show the whole training curve
     train_series = [m for row in round_rows for m in _round_metrics(row, "train/", now)]
-    params_list = [Param(key, value) for key, value in params.items()]
+    params_list = [Param(key, value) for key, value in flatten_params(config).items()]
     _log(client, parent_id, _eval_metrics(evals, now) + train_series, params_list)
+    client.log_dict(parent_id, config, "config.yaml")  # the whole config, untruncated
     for row in round_rows:
         child_tags = {**tags, "level": "round", "round": str(row["round"])}
         child_tags["mlflow.parentRunId"] = parent_id  # what makes MLflow nest it
         child = client.create_run(experiment_id, tags=child_tags, run_name=f"round{row['round']}")
         _log(client, child.info.run_id, _round_metrics(row, "", now))
+        if int(row["round"]) in samples:
+            client.log_text(child.info.run_id, samples[int(row["round"])], "samples/reflections.jsonl")
         client.set_terminated(child.info.run_id)
     # The hash goes on last: a parent left half-written by a crash never matches, so the next
     # ingest replaces it.
@@ -185,13 +229,13 @@ def ingest(exp_dir: str, experiment: str, config: dict) -> int:
     rounds, evals = collect(exp)
     client = MlflowClient(tracking_uri=tracking_uri(exp))
     experiment_id = _experiment_id(client, exp, experiment)
-    params = flatten_params(config)
     keys = ["method", "target", "seed"]
     rounds_of = dict(iter(rounds.groupby(keys)))
     evals_of = dict(iter(evals.groupby(keys)))
     identities = sorted(rounds_of.keys() | evals_of.keys())
     for method, target, seed in identities:
-        digest = _input_hash(exp, method, target, seed, params)
+        samples = _round_samples(exp, method, target, seed)
+        digest = _input_hash(exp, method, target, seed, config, samples)
         existing = _search(
             client,
             experiment_id,
@@ -206,7 +250,7 @@ def ingest(exp_dir: str, experiment: str, config: dict) -> int:
             identity = (method, target, seed)
             own_rounds = rounds_of.get(identity, rounds.iloc[:0])
             own_evals = evals_of.get(identity, evals.iloc[:0])
-            _write_parent(client, experiment_id, identity, params, digest, own_rounds, own_evals)
+            _write_parent(client, experiment_id, identity, config, digest, own_rounds, own_evals, samples)
     return len(identities)
 
 

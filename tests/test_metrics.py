@@ -57,10 +57,9 @@ def test_maj_at_k_votes_over_first_k_with_first_occurrence_ties():
         maj_at_k(problems, 5)
 
 
-def test_pass_ks_are_powers_of_two_then_k():
+def test_pass_ks_are_every_level_up_to_k():
     assert pass_ks(1) == [1]
-    assert pass_ks(8) == [1, 2, 4, 8]
-    assert pass_ks(6) == [1, 2, 4, 6]
+    assert pass_ks(6) == [1, 2, 3, 4, 5, 6]
 
 
 def _record(pid, sample, correct, extracted):
@@ -87,6 +86,8 @@ def test_summarize_small_fixture():
     assert summary["pass_at_1"] == pytest.approx((0.75 + 0.25) / 2)
     # a: 1 - C(1,2)/C(4,2) = 1; b: 1 - C(3,2)/C(4,2) = 0.5
     assert summary["pass_at_2"] == pytest.approx((1.0 + 0.5) / 2)
+    # every level up to k is reported: a: 1 - C(1,3)/C(4,3) = 1; b: 1 - C(3,3)/C(4,3) = 0.75
+    assert summary["pass_at_3"] == pytest.approx((1.0 + 0.75) / 2)
     assert summary["pass_at_4"] == pytest.approx(1.0)
     assert summary["maj_at_k"] == pytest.approx(0.5)  # a votes "1" (right), b votes "8" (wrong)
 

@@ -85,7 +85,7 @@ def test_evaluation_change_reruns_only_evaluation_and_what_follows(finished, tmp
     overlay.write_text("evaluation: {samples: 3}\n")
     jobs = planned_jobs(run(finished, "-n", configs=[overlay]).stdout)
     assert jobs.get("evaluate", 0) > 0
-    assert set(jobs) <= {"evaluate", "aggregate", "track", "all"}
+    assert set(jobs) <= {"evaluate", "aggregate", "plots", "track", "all"}
 
 
 def test_invalid_config_stops_before_any_job_with_one_line(tmp_path):

@@ -8,12 +8,18 @@ from __future__ import annotations
 from rosd.engines.base import Sample
 
 
-def load_engine(name: str, model_dir: str, **options):
+def load_engine(name: str, model_dir: str, *, tensor_parallel_size: int = 1, **options):
     if name == "hf":
+        if tensor_parallel_size != 1:
+            raise SystemExit("generation.tensor_parallel_size > 1 needs generation.backend=vllm")
         from rosd.engines.hf import HFEngine
 
         return HFEngine(model_dir, **options)
-    raise ValueError(f"unknown generation backend {name!r}; expected 'hf'")
+    if name == "vllm":
+        from rosd.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model_dir, tensor_parallel_size=tensor_parallel_size, **options)
+    raise ValueError(f"unknown generation backend {name!r}; expected 'hf' or 'vllm'")
 
 
 __all__ = ["Sample", "load_engine"]

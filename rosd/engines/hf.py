@@ -61,10 +61,17 @@ class HFEngine:
                 return_dict_in_generate=True,
                 output_logits=True,
             )
-            new = result.sequences[:, width:].cpu()
-            logits = torch.stack(result.logits, dim=1).float().cpu()
-            logps = torch.log_softmax(logits / max(temperature, 1e-6), dim=-1)
-            chosen = logps.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            new = result.sequences[:, width:]
+            # The sampled tokens' log-probs, step by step on the model's device: stacking every
+            # step's [batch, vocab] logits first would hold batch × length × vocab floats at once.
+            chosen = torch.stack(
+                [
+                    torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=-1).gather(-1, new[:, t, None]).squeeze(-1)
+                    for t, logits in enumerate(result.logits)
+                ],
+                dim=1,
+            ).cpu()
+            new = new.cpu()
             for row, (p, j) in enumerate(batch):
                 seq = new[row].tolist()
                 length = seq.index(eos) + 1 if eos in seq else len(seq)

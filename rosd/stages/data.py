@@ -14,24 +14,36 @@ SHIPPED_THETA0 = Path(__file__).resolve().parent.parent / "world" / "theta0"
 
 
 def prepare_data(*, name: str, split: str, settings: dict, out: str) -> None:
-    """Write the tasks of one benchmark (split "test") or train target (split "train")."""
-    from rosd.world.tasks import generate
+    """Write the tasks of one benchmark (split "test") or train target (split "train"): a real
+    dataset when ``name`` is in ``data.datasets``, else the embedded world's generator."""
+    if name in settings.get("datasets", {}):
+        from rosd.datasets import load_benchmark
 
-    size = settings["train_size"] if split == "train" else settings["test_size"]
-    tasks = generate(name, split, size, settings["seed"])
+        tasks = load_benchmark(name, settings["datasets"][name], split, settings)
+    else:
+        from rosd.world.tasks import generate
+
+        size = settings["train_size"] if split == "train" else settings["test_size"]
+        tasks = generate(name, split, size, settings["seed"])
     write_jsonl(out, tasks)
     log.info("wrote %d %s tasks of %s to %s", len(tasks), split, name, out)
 
 
 def init_model(*, settings: dict, out: str) -> None:
-    """Place θ0 at ``out``: the shipped embedded-world model, a local path, or a fresh warm start."""
+    """Place θ0 at ``out``: the shipped embedded-world model, a fresh warm start, or (``path``) a
+    local directory, hub name or packaged GGUF (rosd/model_source.py)."""
     init = settings["init"]
     if init == "warm_start":
         from rosd.world.warm_start import run_warm_start
 
         run_warm_start(out, **settings.get("warm_start", {}))
         return
-    source = SHIPPED_THETA0 if init == "shipped" else Path(settings["path"])
+    if init == "path":
+        from rosd.model_source import place_model
+
+        place_model(settings, out)
+        return
+    source = SHIPPED_THETA0
     if not (source / "config.json").exists():
         raise SystemExit(f"model.init={init!r}: no Hugging Face model directory at {source}")
     with atomic_dir(out) as tmp:

@@ -27,10 +27,9 @@ from rosd.modeling import load_model, load_tokenizer
 from rosd.losses import chunked_over_tokens
 from rosd.scoring import batches, logp_of, response_tokens
 from rosd.stages.teacher import EMA_TEACHER
+from rosd.training import TRAINER_STATE, Accelerated, SingleProcess, load_student, save_student, unsupported
 
 log = logging.getLogger(__name__)
-
-TRAINER_STATE = "trainer_state.pt"
 
 
 def _flat(rows: list[dict], key: str) -> torch.Tensor:
@@ -82,26 +81,29 @@ def optimizer_for(model, train: dict, state_dir: Path):
     return optimizer, 0
 
 
-def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: int) -> dict:
-    """One optimizer step over the given rollouts, reduced per micro-batch (ref) or globally."""
+def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: int, runtime=None) -> dict:
+    """One optimizer step over the given rollouts, reduced per micro-batch (ref) or globally.
+    ``runtime`` (rosd/training.py) says where it runs: this process by default, or one of several."""
     train = settings["train"]
+    runtime = runtime or SingleProcess(model, device=settings["device"], dtype=settings["dtype"])
     for group in optimizer.param_groups:
         group["lr"] = train["lr"] * min(1.0, (global_step + 1) / train["warmup_steps"]) if train["warmup_steps"] else train["lr"]
     optimizer.zero_grad(set_to_none=True)
     chunks = list(batches(list(zip(rows, targets or [None] * len(rows))), train["micro_batch"]))
     total_tokens = sum(len(r["response_ids"]) - r["loss_start"] for r in rows)
     reported = 0.0
-    for chunk in chunks:
-        per_token, weights, mask = micro_batch_terms(model, [r for r, _ in chunk], [t for _, t in chunk], settings=settings)
+    for chunk, share in runtime.shard(chunks):
+        per_token, weights, mask = runtime.forward(micro_batch_terms, [r for r, _ in chunk], [t for _, t in chunk], settings=settings)
         if train["reduction"] == "micro_batch":
             value = masked_token_mean(per_token, weights, mask) / len(chunks)
         else:
             value = (per_token * weights * mask).sum() / max(total_tokens, 1)
-        value.backward()
-        reported += value.item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+        # Processes' gradients are averaged; times world_size, they add up to the whole step's.
+        (value * (share * runtime.world_size)).backward()
+        reported += share * value.item()
+    grad_norm = runtime.clip_grad_norm(train["grad_clip"])
     optimizer.step()
-    return {"loss": reported, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]}
+    return {"loss": runtime.total(reported), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
 
 
 def group_advantages(rows: list[dict]) -> None:
@@ -162,31 +164,49 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
     if method["objective"] == "grpo":
         group_advantages(kept)
     targets = torch.load(teacher_scores, weights_only=True)["targets"] or [None] * len(kept)
+    if problem := unsupported(method, train):
+        raise SystemExit(problem)
     tokenizer = load_tokenizer(model)
-    student = load_model(model, device=settings["device"]).train()
-    optimizer, global_step = optimizer_for(student, train, Path(model))
+    if train.get("launcher", "none") == "accelerate":
+        # Loaded on the CPU: accelerate places (and FSDP shards) the weights on each process's GPU.
+        student = load_student(model, train, device="cpu")
+        runtime = Accelerated(student, train, device=settings["device"])
+        optimizer, global_step = runtime.optimizer, runtime.resume(model)
+    else:
+        student = load_student(model, train, device=settings["device"])
+        optimizer, global_step = optimizer_for(student, train, Path(model))
+        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"])
     ema = None
     if method.get("teacher") == "ema":
         previous = Path(model) / EMA_TEACHER
         ema = load_model(str(previous) if previous.exists() else model, device=settings["device"]).eval()
     settings = dict(settings, pad_id=tokenizer.pad_token_id)
     steps = []
-    for step in range(train["steps_per_round"]):
+    total, steps_started = train["steps_per_round"], time.time()
+    for step in range(total):
         index = [i for i, r in enumerate(kept) if r["step"] == step]
         if not index:
             log.info("step %d: no group with mixed rewards, no update", step)
             continue
         for update_rows, update_targets in step_updates([kept[i] for i in index], [targets[i] for i in index], method):
-            result = train_step(student, optimizer, update_rows, update_targets, settings=settings, global_step=global_step)
+            result = train_step(student, optimizer, update_rows, update_targets, settings=settings, global_step=global_step, runtime=runtime)
             global_step += 1
             steps.append(result)
             if ema is not None:
                 update_ema(ema, student, method["ema_rate"])
-            log.info("step %d/%d (global %d): loss %.4f grad_norm %.3f", step + 1, train["steps_per_round"], global_step, result["loss"], result["grad_norm"])
+            rate = (step + 1) / max(time.time() - steps_started, 1e-9)  # steps/s, for the ETA of the round
+            log.info(
+                "step %d/%d (global %d): loss %.4f grad_norm %.3f (%.2f steps/s, ETA %.0fs)",
+                step + 1, total, global_step, result["loss"], result["grad_norm"], rate, (total - step - 1) / rate,
+            )
+    # Every process takes part in gathering the weights and optimizer state; the main one writes.
+    weights, optimizer_state = runtime.full_state(optimizer)
+    if not runtime.is_main:
+        return runtime.wait()
     with atomic_dir(out_model) as tmp:
-        student.save_pretrained(tmp)
+        save_student(student, tmp, weights)
         tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "global_step": global_step}, tmp / TRAINER_STATE)
+        torch.save({**optimizer_state, "global_step": global_step}, tmp / TRAINER_STATE)
         if ema is not None:
             ema.save_pretrained(tmp / EMA_TEACHER)
     metrics = {
@@ -200,3 +220,4 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
     }
     write_json(out_metrics, metrics)
     log.info("round %d done in %.1fs: %s", settings["round"], metrics["seconds"], metrics)
+    runtime.wait()

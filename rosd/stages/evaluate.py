@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from rosd.engines import load_engine
-from rosd.grading import extract_answer, score
+from rosd.grading import extract_answer, score_batch
 from rosd.io import read_jsonl, write_json, write_jsonl
 from rosd.metrics import summarize
 from rosd.prompts import chat_prompt_ids, student_messages
@@ -16,22 +16,27 @@ log = logging.getLogger(__name__)
 def run_evaluate(*, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
     tasks = read_jsonl(data)
     ev, gen = settings["evaluation"], settings["generation"]
-    engine = load_engine(gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"])
+    engine = load_engine(
+        gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
+        tensor_parallel_size=gen["tensor_parallel_size"],
+    )
     prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
     samples = engine.generate(
         prompts, n=ev["samples"], temperature=ev["temperature"], top_p=ev["top_p"],
         max_new_tokens=ev["max_new_tokens"], seed=settings["seed"],
     )
+    graded = [(task, j, s) for task, group in zip(tasks, samples) for j, s in enumerate(group)]
+    # One batch, so the math-verify checks the exact comparison leaves spread over its worker pool.
+    correct = score_batch([(task["kind"], s.text, task["answer"]) for task, _, s in graded])
     records = [
         {
             "id": task["id"],
             "sample": j,
-            "correct": int(score(task["kind"], s.text, task["answer"])),
+            "correct": int(c),
             "extracted": extract_answer(task["kind"], s.text),
             "response": s.text,
         }
-        for task, group in zip(tasks, samples)
-        for j, s in enumerate(group)
+        for (task, j, s), c in zip(graded, correct)
     ]
     write_jsonl(out_samples, records)
     summary = summarize(records, ev["samples"])

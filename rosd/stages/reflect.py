@@ -104,7 +104,10 @@ def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
     engine = None
     if needs_reflection(method) and kept:
         gen = settings["generation"]
-        engine = load_engine(gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"])
+        engine = load_engine(
+            gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
+            tensor_parallel_size=gen["tensor_parallel_size"],
+        )
         reflect(engine, [r for r in kept if r["reward"] == 0.0 or settings["reflection"]["reflect_correct"]], settings)
     tokenizer = engine.tokenizer if engine else _tokenizer(model)
     for row in kept:

@@ -6,7 +6,7 @@ import logging
 import random
 
 from rosd.engines import load_engine
-from rosd.grading import score
+from rosd.grading import score_batch
 from rosd.io import read_jsonl, write_jsonl
 from rosd.prompts import chat_prompt_ids, student_messages
 
@@ -33,7 +33,10 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
     tasks = round_prompts(
         read_jsonl(data), seed=settings["seed"], round_index=settings["round"], per_round=per_step * train["steps_per_round"]
     )
-    engine = load_engine(gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"])
+    engine = load_engine(
+        gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
+        tensor_parallel_size=gen["tensor_parallel_size"],
+    )
     prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
     samples = engine.generate(
         prompts,
@@ -65,8 +68,9 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
 def run_grade(*, rollouts: str, out: str) -> None:
     """Reward 1.0 or 0.0 per rollout from the task's verifier."""
     rows = read_jsonl(rollouts)
-    for row in rows:
-        row["reward"] = score(row["task"]["kind"], row["response"], row["task"]["answer"])
+    rewards = score_batch([(row["task"]["kind"], row["response"], row["task"]["answer"]) for row in rows])
+    for row, reward in zip(rows, rewards):
+        row["reward"] = reward
     write_jsonl(out, rows)
     accuracy = sum(r["reward"] for r in rows) / max(len(rows), 1)
     log.info("graded %d rollouts: accuracy %.3f", len(rows), accuracy)

@@ -27,8 +27,11 @@ def teacher_targets(teacher, student, rows: list[dict], *, support: str, topk: i
     """Per row: ``support`` ids [T, k] (None otherwise) and ``teacher_logp``: [T, k+1] on the
     student's top-k + tail, [T, V] for the full vocabulary, [T] on the sampled token. The
     vocabulary projection runs over chunks of ``token_chunk`` tokens."""
-    targets, started = [], time.time()
-    for chunk in batches(rows, micro_batch):
+    # Micro-batches of similar lengths waste less padding: score rows in order of the teacher's
+    # sequence length, return them in row order.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["teacher_prompt_ids"]) + len(rows[i]["response_ids"]))
+    scored, started = [], time.time()
+    for chunk in batches([rows[i] for i in order], micro_batch):
         responses = [r["response_ids"] for r in chunk]
         t_hidden = response_tokens(teacher, [r["teacher_prompt_ids"] for r in chunk], responses, pad_id=pad_id)
         s_hidden = response_tokens(student, [r["prompt_ids"] for r in chunk], responses, pad_id=pad_id) if support == "topk_tail" else None
@@ -47,9 +50,12 @@ def teacher_targets(teacher, student, rows: list[dict], *, support: str, topk: i
         lengths = [len(r) for r in responses]
         all_logp = torch.cat(logps).split(lengths)
         all_ids = torch.cat(ids).to(torch.int32).cpu().split(lengths) if ids else [None] * len(chunk)
-        targets += [{"support": i, "teacher_logp": t} for i, t in zip(all_ids, all_logp)]
-        rate = len(targets) / max(time.time() - started, 1e-9)
-        log.info("scored %d/%d rollouts (%.1f/s, ETA %.0fs)", len(targets), len(rows), rate, (len(rows) - len(targets)) / rate)
+        scored += [{"support": i, "teacher_logp": t} for i, t in zip(all_ids, all_logp)]
+        rate = len(scored) / max(time.time() - started, 1e-9)
+        log.info("scored %d/%d rollouts (%.1f/s, ETA %.0fs)", len(scored), len(rows), rate, (len(rows) - len(scored)) / rate)
+    targets = [None] * len(rows)
+    for row, target in zip(order, scored):
+        targets[row] = target
     return targets
 
 

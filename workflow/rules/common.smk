@@ -46,7 +46,8 @@ def round_metrics():
 
 
 def final_outputs():
-    out = [EXP + "/tables/comparison.md"]
+    # the tables and every plot; called from `rule all`, after report.smk has defined rule plots
+    out = [EXP + "/tables/comparison.md", *rules.plots.output]
     if config["tracking"]["mlflow"]:
         out.append(EXP + "/mlflow.ingested.json")
     return out

@@ -25,6 +25,10 @@ rule evaluate:
         EXP + "/logs/evaluate/{method}_{target}_seed{seed}_round{round}_{benchmark}.log",
     benchmark:
         EXP + "/benchmarks/evaluate/{method}_{target}_seed{seed}_round{round}_{benchmark}.tsv"
+    resources:
+        gpu=gpus("generation"),
+    conda:
+        conda_env("generation")
     shell:
-        "rosd evaluate --model {input.model} --data {input.data} --out-samples {output.samples}"
+        GPU_POOL + "rosd evaluate --model {input.model} --data {input.data} --out-samples {output.samples}"
         " --out-summary {output.summary} --settings {params.settings:q} 2> {log}"

@@ -17,8 +17,12 @@ rule rollouts:
         ROUND + "/logs/rollouts.log",
     benchmark:
         ROUND + "/benchmarks/rollouts.tsv"
+    resources:
+        gpu=gpus("generation"),
+    conda:
+        conda_env("generation")
     shell:
-        "rosd rollouts --model {input.model} --data {input.data} --out {output} --settings {params.settings:q} 2> {log}"
+        GPU_POOL + "rosd rollouts --model {input.model} --data {input.data} --out {output} --settings {params.settings:q} 2> {log}"
 
 
 rule grade:
@@ -28,6 +32,8 @@ rule grade:
         ROUND + "/graded.jsonl",
     log:
         ROUND + "/logs/grade.log",
+    conda:
+        "../envs/cpu.yaml"
     shell:
         "rosd grade --rollouts {input} --out {output} 2> {log}"
 
@@ -44,8 +50,12 @@ rule reflect:
         ROUND + "/logs/reflect.log",
     benchmark:
         ROUND + "/benchmarks/reflect.tsv"
+    resources:
+        gpu=gpus("generation"),
+    conda:
+        conda_env("generation")
     shell:
-        "rosd reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q} 2> {log}"
+        GPU_POOL + "rosd reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q} 2> {log}"
 
 
 def teacher_input(wildcards):
@@ -68,8 +78,12 @@ rule teacher_score:
         ROUND + "/logs/teacher_score.log",
     benchmark:
         ROUND + "/benchmarks/teacher_score.tsv"
+    resources:
+        gpu=gpus("scoring"),
+    conda:
+        conda_env("scoring")
     shell:
-        "rosd teacher-score --teacher {input.teacher} --student {input.student} --reflections {input.reflections}"
+        GPU_POOL + "rosd teacher-score --teacher {input.teacher} --student {input.student} --reflections {input.reflections}"
         " --out {output} --settings {params.settings:q} 2> {log}"
 
 
@@ -87,6 +101,10 @@ rule distill:
         ROUND + "/logs/distill.log",
     benchmark:
         ROUND + "/benchmarks/distill.tsv"
+    resources:
+        gpu=gpus("training"),
+    conda:
+        conda_env("training")
     shell:
-        "rosd distill --model {input.model} --reflections {input.reflections} --teacher-scores {input.teacher_scores}"
+        GPU_POOL + trainer() + " distill --model {input.model} --reflections {input.reflections} --teacher-scores {input.teacher_scores}"
         " --out-model {output.model} --out-metrics {output.metrics} --settings {params.settings:q} 2> {log}"

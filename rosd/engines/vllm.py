@@ -1,0 +1,101 @@
+"""vLLM offline generation (GPU) behind the same interface as the HF backend.
+
+Prompts arrive as token ids with the chat template already applied (``enable_thinking`` included),
+so vLLM never renders a template itself: student, reflector and teacher keep one template (SPEC §6).
+vLLM is imported here only, and this module only when ``generation.backend`` is ``vllm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rosd.engines.base import Sample
+from rosd.modeling import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+MISSING = "generation.backend=vllm but vllm is not installed: pip install 'rosd[gpu]' on a CUDA machine"
+
+# Per-prompt seeds are seed * SEED_STRIDE + prompt index: distinct for every (seed, prompt) pair up to
+# this many prompts, so no two prompts of two rounds share a random stream.
+SEED_STRIDE = 1_000_003
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as error:
+        raise SystemExit(MISSING) from error
+    return vllm
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        device: str = "cuda",
+        dtype: str = "bfloat16",
+        batch_size: int = 64,
+        tensor_parallel_size: int = 1,
+    ):
+        # vLLM places the model on the visible GPUs itself (tensor_parallel_size of them) and batches
+        # continuously, so the HF backend's device and batch size do not apply.
+        del device, batch_size
+        vllm = _import_vllm()
+        self._sampling_params = vllm.SamplingParams
+        self.tokenizer = load_tokenizer(model_dir)
+        self.llm = vllm.LLM(
+            model=model_dir,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            # The sampled token's log-prob after temperature (what the trainer recomputes for the
+            # importance weight of SPEC §1.8), not the raw model's.
+            logprobs_mode="processed_logprobs",
+        )
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> list[list[Sample]]:
+        """``n`` samples for each prompt (token ids, chat template applied); returns them per prompt."""
+        eos = self.tokenizer.eos_token_id
+        params = [
+            self._sampling_params(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_new_tokens,
+                # vLLM gives sample j of a seeded request the seed + j, so the n samples differ.
+                seed=seed * SEED_STRIDE + index,
+                # The chosen token's log-prob only (vLLM always adds the sampled token).
+                logprobs=0,
+                stop_token_ids=[eos],
+                # Text is decoded below by the same tokenizer as the HF backend, so the quote-to-token
+                # mapping (SPEC §1.7) sees the same text for the same ids on either backend.
+                detokenize=False,
+            )
+            for index in range(len(prompts))
+        ]
+        started = time.time()
+        requests = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        out = []
+        for request in requests:
+            # Completions of one request may come back in the order they finished.
+            completions = sorted(request.outputs, key=lambda c: c.index)
+            out.append([self._sample(c) for c in completions])
+        log.info("generated %d samples with vLLM in %.1fs", len(prompts) * n, time.time() - started)
+        return out
+
+    def _sample(self, completion) -> Sample:
+        # The ids include the end-of-turn token when it was produced, as the HF backend's do.
+        ids = list(completion.token_ids)
+        logps = [step[token].logprob for token, step in zip(ids, completion.logprobs)]
+        return Sample(ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=True), logps=logps)

@@ -1,0 +1,176 @@
+"""Math answer equivalence by math-verify, in worker processes with a deadline (SPEC §4).
+
+math-verify bounds its own parsing and comparison with ``signal.alarm``, which works only in a
+process's main thread, and some inputs (a huge power tower, a factorial of a power) make sympy spin
+for as long as one lets it. So every check runs in a worker *process* (``python -m
+rosd.mathverify``, one JSON request per line on stdin, one JSON verdict per line on stdout): inside
+it, math-verify's own timeouts stop most slow checks cheaply; a check that still overruns the outer
+deadline (stuck in C code), or whose worker dies, has that worker killed and replaced and costs
+only its own sample (False), never the run.
+
+Workers are plain subprocesses rather than a multiprocessing pool: they never re-import the
+caller's ``__main__`` and each one can be killed alone. One set per process is started on first
+use and reused (starting a worker and importing math-verify takes about a second; a check then
+costs about a millisecond of IPC), so stages can grade per sample or a whole batch at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import importlib.util
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+DEFAULT_TIMEOUT = 5.0  # seconds per math-verify phase (math-verify's own default)
+STARTUP_TIMEOUT = 120.0  # seconds for a worker to import math-verify (generous: shared machines)
+READY = "ready"  # a worker's first line, once it can take requests
+WORKER_COMMAND = [sys.executable, "-m", "rosd.mathverify"]
+
+
+def equivalent(gold: str, predicted: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """math-verify's verdict on two boxed-answer strings. Runs in a worker process."""
+    from math_verify import parse, verify
+
+    seconds = max(1, round(timeout))  # math-verify's alarm takes whole seconds
+    # Re-boxing makes math-verify read the text as LaTeX first, as it reads a model's answer.
+    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=seconds)
+    predicted_parsed = parse(f"\\boxed{{{predicted}}}", parsing_timeout=seconds)
+    return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=seconds))
+
+
+class _Worker:
+    def __init__(self, command: list[str]):
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.stdout = self.process.stdout
+
+    def send(self, request) -> None:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def _readable(workers, timeout: float) -> list:
+    ready, _, _ = select.select([w.stdout for w in workers], [], [], max(0.0, timeout))
+    return [w for w in workers if w.stdout in ready]
+
+
+class CheckPool:
+    """Line-protocol worker processes, each request with a deadline.
+
+    ``command`` starts a worker that prints READY, then answers each JSON request line with one
+    JSON line. At most one request per worker is in flight, so a request starts when it is sent and
+    its deadline is measured from then. A result is the worker's answer, or None when the request
+    overran the deadline or the worker died.
+    """
+
+    def __init__(self, command: list[str] | None = None, workers: int | None = None):
+        self.command = command or WORKER_COMMAND
+        self.workers = workers or max(1, min(4, len(os.sched_getaffinity(0))))
+        self._idle: list[_Worker] = []
+
+    def _start(self, count: int) -> list[_Worker]:
+        started = [_Worker(self.command) for _ in range(count)]
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        for worker in started:
+            ready = _readable([worker], deadline - time.monotonic())
+            if not ready or worker.stdout.readline().strip() != READY:
+                for w in started:
+                    w.kill()
+                raise RuntimeError(f"a check worker did not start: {' '.join(self.command)}")
+        return started
+
+    def close(self) -> None:
+        for worker in self._idle:
+            worker.kill()
+        self._idle = []
+
+    def run(self, requests: Sequence, deadline: float) -> list:
+        results: list = [None] * len(requests)
+        waiting = collections.deque(range(len(requests)))
+        busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (request index, send time)
+        idle = self._idle
+        while waiting or busy:
+            wanted = min(self.workers, len(waiting) + len(busy))
+            if waiting and len(idle) + len(busy) < wanted:
+                idle.extend(self._start(wanted - len(idle) - len(busy)))
+            while waiting and idle:
+                worker, index = idle.pop(), waiting.popleft()
+                try:
+                    worker.send(requests[index])
+                except BrokenPipeError:  # it died while idle: replace it, retry the request
+                    worker.kill()
+                    waiting.appendleft(index)
+                    continue
+                busy[worker] = (index, time.monotonic())
+            if not busy:
+                continue
+            oldest = min(sent for _, sent in busy.values())
+            answered = _readable(busy, oldest + deadline - time.monotonic())
+            # A worker whose deadline passed gets a last look, in case its answer is already there.
+            overdue = [w for w, (_, sent) in busy.items() if time.monotonic() - sent >= deadline and w not in answered]
+            answered += _readable(overdue, 0.0) if overdue else []
+            for worker in set(answered):
+                index, _ = busy.pop(worker)
+                try:
+                    results[index] = json.loads(worker.stdout.readline())
+                    idle.append(worker)
+                except ValueError:  # it died mid-request (EOF), or wrote something not an answer
+                    worker.kill()
+            for worker in [w for w in overdue if w in busy]:
+                busy.pop(worker)
+                worker.kill()  # stuck: its request stays None, a fresh worker replaces it
+        self._idle = idle
+        return results
+
+
+_shared: CheckPool | None = None
+
+
+def _shared_pool() -> CheckPool:
+    global _shared
+    if _shared is None:
+        if importlib.util.find_spec("math_verify") is None:
+            raise ImportError("math answers need math-verify: pip install math-verify")
+        _shared = CheckPool()
+        atexit.register(_shared.close)
+    return _shared
+
+
+def equivalent_many(pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT) -> list[bool]:
+    """math-verify's verdict for each (gold, predicted) pair; False for a check that hung or crashed.
+
+    The outer deadline covers math-verify's three timed phases (two parses, one comparison) plus
+    a second of slack, so it fires only when math-verify's own timeouts could not.
+    """
+    if not pairs:
+        return []
+    requests = [[gold, predicted, timeout] for gold, predicted in pairs]
+    return [bool(r) for r in _shared_pool().run(requests, deadline=3 * timeout + 1.0)]
+
+
+def _serve() -> None:
+    """Worker loop: [gold, predicted, timeout] per line in, the verdict per line out."""
+    protocol, sys.stdout = sys.stdout, sys.stderr  # nothing but answers may reach the protocol stream
+    import math_verify  # noqa: F401  (imported before READY, so no request's deadline pays for it)
+
+    print(READY, file=protocol, flush=True)
+    for line in sys.stdin:
+        gold, predicted, timeout = json.loads(line)
+        try:
+            verdict = equivalent(gold, predicted, timeout)
+        except Exception:  # an input math-verify cannot handle is not an equivalent answer
+            verdict = False
+        print(json.dumps(verdict), file=protocol, flush=True)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,170 @@
+"""The generation backends. HF runs for real on the CPU; vLLM only through a mock.
+
+The vLLM tests are MOCK tests: vLLM needs a CUDA build and a GPU, neither of which exists where the tests run,
+so a fake ``vllm`` module (``FakeVLLM`` below) is put into ``sys.modules``. It records what the
+engine asks for and answers in vLLM's shapes (``RequestOutput.outputs`` of ``CompletionOutput`` with
+``index``, ``token_ids`` and per-token ``{token_id: Logprob}`` dicts). What it checks: one request
+per prompt with n samples, distinct per-prompt seeds, the sampled token's log-prob picked out of
+each step, ids and text per sample, and the one-line message when vLLM is missing. Whether real vLLM
+behaves as its documentation says is checked only on a GPU (README, "Run the paper's setting").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+
+import torch
+
+from rosd.engines import load_engine
+from rosd.engines.hf import HFEngine
+from rosd.engines.vllm import MISSING, SEED_STRIDE, VLLMEngine
+from rosd.modeling import load_tokenizer
+from tiny_model import small_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(small_model_dir(tmp_path_factory))
+
+
+@dataclass
+class Logprob:
+    logprob: float
+
+
+@dataclass
+class Completion:
+    index: int
+    token_ids: list
+    logprobs: list
+
+
+class FakeVLLM(types.ModuleType):
+    """Stands in for the ``vllm`` package. A sample is a function of (prompt, seed), so the test can
+    say which ids each sample must have; its log-probs are -0.01 × (token id + 1) for the sampled
+    token, with a decoy entry for another token at each step."""
+
+    def __init__(self, eos: int):
+        super().__init__("vllm")
+        self.eos, self.llm_kwargs, self.requests = eos, None, None
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **kwargs):
+                self.kwargs = kwargs
+
+        class LLM:
+            def __init__(self, **kwargs):
+                fake.llm_kwargs = kwargs
+
+            def generate(self, prompts, params, use_tqdm=True):
+                fake.requests = list(zip(prompts, params))
+                return [types.SimpleNamespace(outputs=fake.completions(p["prompt_token_ids"], sp.kwargs)) for p, sp in zip(prompts, params)]
+
+        self.SamplingParams, self.LLM = SamplingParams, LLM
+
+    def sampled_ids(self, prompt: list[int], seed: int) -> list[int]:
+        # The last sample of each prompt stops at the length limit, the others end with eos.
+        ids = [5 + (seed + sum(prompt)) % 20, 5 + seed % 7]
+        return ids + [self.eos] if seed % 2 == 0 else ids
+
+    def completions(self, prompt: list[int], kwargs: dict) -> list[Completion]:
+        out = []
+        for j in range(kwargs["n"]):
+            ids = self.sampled_ids(prompt, kwargs["seed"] + j)
+            steps = [{t: Logprob(-0.01 * (t + 1)), t + 1: Logprob(-9.0)} for t in ids]
+            out.append(Completion(index=j, token_ids=tuple(ids), logprobs=steps))
+        return out[::-1]  # finished in reverse order: the engine must sort by index
+
+
+@pytest.fixture
+def fake_vllm(model_dir, monkeypatch):
+    fake = FakeVLLM(eos=load_tokenizer(model_dir).eos_token_id)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    return fake
+
+
+def test_requests_and_outputs_are_mapped_per_prompt_and_sample(model_dir, fake_vllm):
+    engine = load_engine("vllm", model_dir, device="cuda", dtype="bfloat16", batch_size=64, tensor_parallel_size=2)
+    assert isinstance(engine, VLLMEngine)
+    assert fake_vllm.llm_kwargs == {
+        "model": model_dir, "dtype": "bfloat16", "tensor_parallel_size": 2, "logprobs_mode": "processed_logprobs",
+    }
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    samples = engine.generate(prompts, n=3, temperature=0.7, top_p=0.9, max_new_tokens=11, seed=4)
+
+    sent = [kwargs.kwargs for _, kwargs in fake_vllm.requests]
+    assert [p["prompt_token_ids"] for p, _ in fake_vllm.requests] == prompts
+    assert [k["seed"] for k in sent] == [4 * SEED_STRIDE + i for i in range(3)]
+    for kwargs in sent:
+        assert kwargs["n"] == 3 and kwargs["temperature"] == 0.7 and kwargs["top_p"] == 0.9 and kwargs["max_tokens"] == 11
+        assert kwargs["logprobs"] == 0 and kwargs["stop_token_ids"] == [engine.tokenizer.eos_token_id]
+
+    assert [len(group) for group in samples] == [3, 3, 3]
+    for i, (prompt, group) in enumerate(zip(prompts, samples)):
+        for j, sample in enumerate(group):
+            expected = fake_vllm.sampled_ids(prompt, 4 * SEED_STRIDE + i + j)
+            assert sample.ids == expected
+            assert sample.logps == pytest.approx([-0.01 * (t + 1) for t in expected])
+            assert sample.text == engine.tokenizer.decode(expected, skip_special_tokens=True)
+    # eos is kept in the ids when produced (as the HF backend does) and never in the text
+    eos = engine.tokenizer.eos_token_id
+    assert any(s.ids[-1] == eos for g in samples for s in g) and any(s.ids[-1] != eos for g in samples for s in g)
+
+
+def test_rollouts_stage_writes_vllm_samples_and_their_logprobs(model_dir, fake_vllm, tmp_path):
+    from rosd.stages.rollouts import run_rollouts
+
+    tasks = [{"id": f"t{i}", "kind": "math", "system": None, "prompt": f"Compute {i} + 1.", "answer": str(i + 1)} for i in range(4)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    settings = {
+        "seed": 1, "round": 2, "device": "cuda", "dtype": "bfloat16", "enable_thinking": False,
+        "generation": {"backend": "vllm", "batch_size": 64, "tensor_parallel_size": 1},
+        "train": {"batch_prompts": 2, "rollouts_per_prompt": 2, "steps_per_round": 1, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8},
+    }
+    out = tmp_path / "rollouts.jsonl"
+    run_rollouts(model=model_dir, data=str(data), out=str(out), settings=settings)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and [r["sample"] for r in rows] == [0, 1, 0, 1]
+    round_seed = 1 * 100_003 + 2  # the rollouts stage's seed for (seed 1, round 2)
+    for row in rows:
+        expected = fake_vllm.sampled_ids(row["prompt_ids"], round_seed * SEED_STRIDE + row["group"] + row["sample"])
+        assert row["response_ids"] == expected
+        assert row["sampler_logps"] == pytest.approx([-0.01 * (t + 1) for t in expected])
+
+
+def test_missing_vllm_is_one_clear_line(model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` sees when it is not installed
+    with pytest.raises(SystemExit) as stop:
+        load_engine("vllm", model_dir, device="cuda", dtype="bfloat16", batch_size=8)
+    assert str(stop.value) == MISSING == (
+        "generation.backend=vllm but vllm is not installed: pip install 'rosd[gpu]' on a CUDA machine"
+    )
+
+
+def test_tensor_parallel_needs_vllm(model_dir):
+    with pytest.raises(SystemExit, match="tensor_parallel_size > 1 needs generation.backend=vllm"):
+        load_engine("hf", model_dir, device="cpu", dtype="float32", batch_size=8, tensor_parallel_size=2)
+
+
+def test_hf_sampler_logprobs_are_the_models_at_the_temperature(model_dir):
+    """The log-prob recorded for each sampled token is the model's, at the sampling temperature,
+    recomputed here by a plain forward pass over prompt + response (no padding, no cache)."""
+    engine = HFEngine(model_dir, device="cpu", dtype="float32", batch_size=3)
+    prompts = [engine.tokenizer("Compute 1 + 2.")["input_ids"], engine.tokenizer("Compute 12 + 30 - 7.")["input_ids"]]
+    samples = engine.generate(prompts, n=2, temperature=0.7, top_p=1.0, max_new_tokens=6, seed=0)
+    assert [len(group) for group in samples] == [2, 2]
+    for prompt, group in zip(prompts, samples):
+        for sample in group:
+            assert len(sample.logps) == len(sample.ids) > 0
+            with torch.no_grad():
+                logits = engine.model(input_ids=torch.tensor([prompt + sample.ids])).logits[0, len(prompt) - 1 : -1]
+            expected = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, torch.tensor(sample.ids)[:, None]).squeeze(-1)
+            assert sample.logps == pytest.approx(expected.tolist(), abs=1e-4)
+            assert sample.text == engine.tokenizer.decode(sample.ids, skip_special_tokens=True)

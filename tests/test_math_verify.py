@@ -1,0 +1,80 @@
+"""Math grading (SPEC §4): the last balanced \\boxed{} exactly, then math-verify in worker processes
+whose hangs and crashes cost one sample, never the run."""
+
+import sys
+import time
+
+import pytest
+
+from rosd.grading import score, score_batch
+from rosd.mathverify import CheckPool, equivalent_many
+
+pytest.importorskip("math_verify")
+
+
+@pytest.mark.parametrize(
+    "response, answer, expected",
+    [
+        ("so \\boxed{\\frac{1}{2}}", "0.5", 1.0),  # not equal as text: math-verify decides
+        ("\\boxed{19}", 19, 1.0),  # an int gold answer
+        ("\\boxed{019}", "19", 1.0),  # integers compare by value without a worker
+        ("\\boxed{\\dfrac{\\sqrt{3}}{2}}", "\\frac{\\sqrt3}{2}", 1.0),  # nested braces, other spelling
+        ("\\boxed{\\frac{1}{3}}", "0.5", 0.0),
+        ("first \\boxed{\\frac{1}{2}}, finally \\boxed{3}", "0.5", 0.0),  # the last box counts
+        ("first \\boxed{3}, finally \\boxed{\\frac{1}{2}}", "0.5", 1.0),
+        ("the answer is 0.5", "0.5", 0.0),  # no box: wrong, math-verify is not asked
+        ("\\boxed{\\frac{1}{2}", "0.5", 0.0),  # unbalanced box
+    ],
+)
+def test_math_cases(response, answer, expected):
+    assert score("math", response, answer) == expected
+
+
+def test_batch_grades_like_single_calls_and_a_hang_costs_one_sample():
+    tower = "\\boxed{9^{9^{9^{9}}}}"  # sympy would spin on this for as long as it is let
+    items = [
+        ("math", "\\boxed{\\frac{2}{4}}", "0.5"),
+        ("math", tower, "1"),
+        ("mcq", "<answer>B</answer>", "B"),
+        ("math", "\\boxed{0.25}", "\\frac{1}{4}"),
+        ("math", "\\boxed{7}", "8"),
+    ]
+    started = time.monotonic()
+    scores = score_batch(items, timeout=1.0)
+    assert scores == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert time.monotonic() - started < 20  # bounded by the timeout, not by sympy
+    assert [s for i, s in enumerate(scores) if i != 1] == [score(*item) for i, item in enumerate(items) if i != 1]
+
+
+def test_pathological_power_tower_is_bounded_by_the_timeout():
+    started = time.monotonic()
+    assert equivalent_many([("1", "9^{9^{9^{9}}}"), ("1", "\\frac{2}{2}")], timeout=1.0) == [False, True]
+    assert time.monotonic() - started < 3 * 1.0 + 1.0 + 10  # the outer deadline, plus a loaded machine
+
+
+# A worker speaking the pool's line protocol, with requests that hang past math-verify's own
+# signal timeout (SIGALRM ignored, a sleep) or kill the worker: the outer deadline must catch both.
+MISBEHAVING_WORKER = """
+import json, os, signal, sys, time
+print("ready", flush=True)
+for line in sys.stdin:
+    action, value = json.loads(line)
+    if action == "hang":
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        time.sleep(value)
+    if action == "crash":
+        os._exit(1)
+    print(json.dumps(value), flush=True)
+"""
+
+
+def test_outer_deadline_kills_hung_and_crashed_workers_and_keeps_the_rest():
+    pool = CheckPool(command=[sys.executable, "-c", MISBEHAVING_WORKER], workers=2)
+    try:
+        started = time.monotonic()
+        requests = [["echo", 1], ["hang", 60], ["echo", 2], ["crash", 0], ["echo", 3]]
+        assert pool.run(requests, deadline=2.0) == [1, None, 2, None, 3]
+        assert pool.run([["echo", 4]], deadline=2.0) == [4]  # the replaced workers serve on
+        assert time.monotonic() - started < 30
+    finally:
+        pool.close()

@@ -1,0 +1,174 @@
+"""Training options on the CPU (rosd/training.py): gradient checkpointing, LoRA, and several processes.
+
+What runs here: gradient checkpointing and LoRA on a small world model, and the several-process path
+with two CPU processes under torchrun (DDP over gloo). On GPUs the same path runs under
+``accelerate launch`` with FSDP (config/accelerate_fsdp.yaml): that wrapper, bfloat16 autocast and
+CUDA are not exercised here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rosd.io import read_jsonl, write_jsonl
+from rosd.modeling import load_model, load_tokenizer
+from rosd.prompts import chat_prompt_ids, student_messages, teacher_messages
+from rosd.stages.distill import run_distill, train_step
+from rosd.stages.teacher import run_teacher_score, teacher_targets
+from rosd.training import ADAPTER, TRAINER_STATE, load_student, unsupported
+from tiny_model import small_model_dir
+
+TRAIN = {
+    "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01, "grad_clip": 1.0, "micro_batch": 2, "reduction": "micro_batch",
+    "is_clip": 2.0, "temperature": 1.0, "steps_per_round": 1, "token_chunk": 7,
+    "launcher": "none", "num_processes": 1, "gradient_checkpointing": False, "lora": None,
+}
+METHOD = {"objective": "distill", "teacher": "frozen", "teacher_context": "solution+reflection", "mask": "first_error",
+          "loss": {"support": "topk_tail", "topk": 5, "alpha": 0.5}}
+LORA = {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}
+
+
+def settings(round_index=1, **train):
+    return {"device": "cpu", "dtype": "float32", "seed": 0, "round": round_index, "train": {**TRAIN, **train},
+            "method": METHOD, "method_name": "rosd", "target": "math"}
+
+
+@pytest.fixture(scope="module")
+def theta0(tmp_path_factory) -> str:
+    return str(small_model_dir(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def files(theta0, tmp_path_factory) -> tuple[Path, Path]:
+    """Five hand-made rollouts (3 micro-batches of 2: uneven over two processes) and their teacher scores."""
+    tok = load_tokenizer(theta0)
+    task = {"system": "Put the final answer in \\boxed{}.", "prompt": "Compute 3 + 5 - 2.", "answer": "6", "kind": "math"}
+    responses = ["3 + 5 = 8\n8 - 2 = 6\n\\boxed{6}", "3 + 5 = 9\n9 - 2 = 7\n\\boxed{7}", "3 + 5 = 8\n8 - 2 = 5\n\\boxed{5}",
+                 "3 + 5 = 8\n\\boxed{8}", "3 - 5 = 8\n\\boxed{6}"]
+    rows = []
+    for i, text in enumerate(responses):
+        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        torch.manual_seed(i)
+        rows.append({
+            "step": 0, "group": 0, "sample": i, "task": task, "in_loss": True, "reward": float(i == 0),
+            "prompt_ids": chat_prompt_ids(tok, student_messages(task)),
+            "teacher_prompt_ids": chat_prompt_ids(tok, teacher_messages(task, solution=responses[0], reflection="Recheck each sum.")),
+            "response_ids": ids, "response": text, "loss_start": [0, 2, 6, 0, 1][i],
+            "sampler_logps": (-2.0 + 0.5 * torch.rand(len(ids))).tolist(),
+        })
+    folder = tmp_path_factory.mktemp("training")
+    write_jsonl(folder / "reflections.jsonl", rows)
+    run_teacher_score(teacher=theta0, student=theta0, reflections=str(folder / "reflections.jsonl"),
+                      out=str(folder / "teacher.pt"), settings=settings())
+    return folder / "reflections.jsonl", folder / "teacher.pt"
+
+
+def one_step(model, files, **train):
+    rows = read_jsonl(files[0])
+    targets = torch.load(files[1], weights_only=True)["targets"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
+    full = {**settings(**train), "pad_id": 0}
+    return train_step(model, optimizer, rows, targets, settings=full, global_step=0)
+
+
+def rounds(theta0, files, out: Path, n: int, command=None, **train) -> Path:
+    """``n`` rounds through checkpoint files, in this process or as ``command`` + the CLI arguments."""
+    model = theta0
+    for r in range(1, n + 1):
+        kwargs = dict(model=model, reflections=str(files[0]), teacher_scores=str(files[1]), out_model=str(out / f"round{r}"),
+                      out_metrics=str(out / f"metrics{r}.json"), settings=settings(r, **train))
+        if command is None:
+            run_distill(**kwargs)
+        else:
+            args = [f"--{k.replace('_', '-')}={json.dumps(v) if k == 'settings' else v}" for k, v in kwargs.items()]
+            done = subprocess.run([*command, "distill", *args], capture_output=True, text=True, env=environment())
+            assert done.returncode == 0, done.stderr[-4000:]
+        model = str(out / f"round{r}")
+    return Path(model)
+
+
+def environment() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    return env
+
+
+def test_teacher_scores_micro_batched_by_length_come_back_in_row_order(theta0, files):
+    rows = read_jsonl(files[0])
+    assert sorted(len(r["response_ids"]) for r in rows) != [len(r["response_ids"]) for r in rows]  # order matters here
+    model = load_model(theta0).eval()
+    kwargs = dict(support="topk_tail", topk=5, temperature=1.0, pad_id=0, token_chunk=7)
+    together = teacher_targets(model, model, rows, micro_batch=2, **kwargs)
+    for row, target in zip(rows, together):
+        (alone,) = teacher_targets(model, model, [row], micro_batch=1, **kwargs)
+        assert torch.equal(target["support"], alone["support"])
+        # compared as probabilities: a tail bucket near 0 has a log-prob that padding noise moves visibly
+        assert torch.allclose(target["teacher_logp"].exp(), alone["teacher_logp"].exp(), atol=1e-6)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_step(theta0, files):
+    plain = load_student(theta0, TRAIN, "cpu")
+    checkpointed = load_student(theta0, {**TRAIN, "gradient_checkpointing": True}, "cpu")
+    assert checkpointed.is_gradient_checkpointing and not plain.is_gradient_checkpointing
+    a, b = one_step(plain, files), one_step(checkpointed, files)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install 'rosd[train]'")
+def test_lora_rounds_resume_the_adapter_and_write_merged_weights(theta0, files, tmp_path):
+    last = rounds(theta0, files, tmp_path, 2, lora=LORA)
+    assert (last / ADAPTER / "adapter_config.json").exists()
+    state = torch.load(last / TRAINER_STATE, weights_only=True)
+    assert state["global_step"] == 2
+    base, merged = load_model(theta0), load_model(str(last))
+    n_layers = base.config.num_hidden_layers
+    # AdamW state only for the adapter: A and B of q_proj and v_proj in every layer
+    assert len(state["optimizer"]["state"]) == 2 * 2 * n_layers
+    for (name, before), after in zip(base.named_parameters(), merged.parameters()):
+        if name.endswith(("q_proj.weight", "v_proj.weight")):
+            assert not torch.equal(before, after), name
+            assert torch.linalg.matrix_rank(after - before, atol=1e-6) <= LORA["r"], name
+        else:
+            assert torch.equal(before, after), name  # everything else is frozen
+
+    # the same two steps in one process, from the same adapter initialization
+    torch.manual_seed(0 * 100_003 + 1)
+    student = load_student(theta0, {**TRAIN, "lora": LORA}, "cpu")
+    optimizer = torch.optim.AdamW(student.parameters(), lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
+    rows, targets = read_jsonl(files[0]), torch.load(files[1], weights_only=True)["targets"]
+    pad = load_tokenizer(theta0).pad_token_id
+    for step in range(2):
+        train_step(student, optimizer, rows, targets, settings={**settings(lora=LORA), "pad_id": pad}, global_step=step)
+    fused = student.merge_and_unload()
+    for (name, a), b in zip(fused.named_parameters(), merged.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_unsupported_combinations_are_one_line():
+    assert unsupported(METHOD, TRAIN) is None
+    assert "no train.lora" in unsupported(METHOD, {**TRAIN, "launcher": "accelerate", "lora": LORA})
+    assert "EMA" in unsupported({**METHOD, "teacher": "ema"}, {**TRAIN, "lora": LORA})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="several processes need accelerate: pip install 'rosd[train]'")
+def test_two_processes_train_like_one(theta0, files, tmp_path):
+    single = rounds(theta0, files, tmp_path / "single", 2)
+    torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc-per-node=2", "-m", "rosd.cli"]
+    split = rounds(theta0, files, tmp_path / "two", 2, command=torchrun, launcher="accelerate", num_processes=2)
+
+    state = torch.load(split / TRAINER_STATE, weights_only=True)
+    assert state["global_step"] == 2 and "optimizer_by_name" in state
+    for (name, a), b in zip(load_model(str(single)).named_parameters(), load_model(str(split)).parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    one, two = (json.loads((tmp_path / d / "metrics2.json").read_text()) for d in ("single", "two"))
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)

@@ -1,0 +1,52 @@
+# Where and how jobs run: GPUs per job, the local GPU pool, the training launcher, per-rule conda
+# environments. Nothing here changes what a stage computes, so none of it is a stage setting.
+import os
+import sys
+
+from rosd.gpu_pool import SNAKEMAKE_PREFIX
+from rosd.methods import resolve
+from rosd.training import unsupported
+
+# A GPU job's command runs through `rosd with-gpu` (rosd/gpu_pool.py) when ROSD_GPUS is set: one
+# machine, several GPUs, each GPU job gets its own device(s). Unset, the prefix is empty.
+GPU_POOL = SNAKEMAKE_PREFIX
+
+ACCELERATE_CONFIG = os.path.join(workflow.basedir, "config", "accelerate_fsdp.yaml")
+
+# The --use-conda environments install this checkout (workflow/envs/*.post-deploy.sh).
+os.environ.setdefault("ROSD_SOURCE", workflow.basedir)
+
+# Stop before any job on settings the trainer cannot run (one line, like a config error).
+for _method in TRAINED:
+    _settings = resolve(config, _method)
+    if _problem := unsupported(_settings, _settings["train"]):
+        sys.exit(f"config error: {_problem}")
+
+
+def gpus(stage):
+    """GPUs one job of a stage ("generation", "scoring" or "training") asks for: none on the CPU; a
+    vLLM engine's tensor-parallel group; the training processes under accelerate; else one."""
+    if not config["model"]["device"].startswith("cuda"):
+        return 0
+    if stage == "generation" and config["generation"]["backend"] == "vllm":
+        return config["generation"]["tensor_parallel_size"]
+    if stage == "training" and config["train"]["launcher"] == "accelerate":
+        return config["train"]["num_processes"]
+    return 1
+
+
+def conda_env(stage):
+    """The --use-conda environment of a stage's rules (paths relative to workflow/rules/)."""
+    return "../envs/gpu.yaml" if gpus(stage) else "../envs/cpu.yaml"
+
+
+def trainer():
+    """The command that runs `rosd distill`: rosd itself, or accelerate launching it over the GPUs."""
+    train = config["train"]
+    if train["launcher"] == "none":
+        return "rosd"
+    precision = "bf16" if config["model"]["dtype"] == "bfloat16" else "no"
+    return (
+        f"accelerate launch --config_file {ACCELERATE_CONFIG} --num_processes {train['num_processes']}"
+        f" --mixed_precision {precision} --main_process_port 0 -m rosd.cli"
+    )
