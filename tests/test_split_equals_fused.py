@@ -16,9 +16,9 @@ import torch
 
 from rosd.io import read_jsonl, write_jsonl
 from rosd.modeling import load_model, load_tokenizer
-from rosd.prompts import chat_prompt_ids, student_messages, teacher_messages
 from rosd.stages.distill import micro_batch_terms, optimizer_for, run_distill, train_step
 from rosd.stages.teacher import run_teacher_score
+from tiny_model import hand_made_rollouts
 
 THETA0 = str(Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0")
 TRAIN = {
@@ -31,25 +31,8 @@ METHOD = {"objective": "distill", "teacher": "frozen", "teacher_context": "solut
 
 @pytest.fixture(scope="module")
 def reflections(tmp_path_factory) -> Path:
-    """Five hand-made rollouts of world-style tasks: real token ids, masks that start mid-response."""
-    tok = load_tokenizer(THETA0)
-    task = {"system": "Put the final answer in \\boxed{}.", "prompt": "Compute 3 + 5 - 2.", "answer": "6", "kind": "math"}
-    responses = ["3 + 5 = 8\n8 - 2 = 6\n\\boxed{6}", "3 + 5 = 9\n9 - 2 = 7\n\\boxed{7}", "3 + 5 = 8\n8 - 2 = 5\n\\boxed{5}",
-                 "3 + 5 = 8\n\\boxed{8}", "3 - 5 = 8\n\\boxed{6}"]
-    rows = []
-    for i, text in enumerate(responses):
-        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        torch.manual_seed(i)
-        rows.append({
-            "step": 0, "group": 0, "sample": i, "task": task, "in_loss": True, "reward": float(i == 0),
-            "prompt_ids": chat_prompt_ids(tok, student_messages(task)),
-            "teacher_prompt_ids": chat_prompt_ids(tok, teacher_messages(task, solution=responses[0], reflection="Recheck each sum.")),
-            "response_ids": ids, "response": text, "loss_start": [0, 2, 6, 0, 1][i],
-            # Sampler log-probs slightly off the trainer's, so the importance weights matter.
-            "sampler_logps": (-2.0 + 0.5 * torch.rand(len(ids))).tolist(),
-        })
     path = tmp_path_factory.mktemp("split") / "reflections.jsonl"
-    write_jsonl(path, rows)
+    write_jsonl(path, hand_made_rollouts(THETA0))
     return path
 
 

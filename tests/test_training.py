@@ -20,11 +20,10 @@ import torch
 
 from rosd.io import read_jsonl, write_jsonl
 from rosd.modeling import load_model, load_tokenizer
-from rosd.prompts import chat_prompt_ids, student_messages, teacher_messages
 from rosd.stages.distill import run_distill, train_step
 from rosd.stages.teacher import run_teacher_score, teacher_targets
 from rosd.training import ADAPTER, TRAINER_STATE, load_student, unsupported
-from tiny_model import small_model_dir
+from tiny_model import hand_made_rollouts, small_model_dir
 
 TRAIN = {
     "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01, "grad_clip": 1.0, "micro_batch": 2, "reduction": "micro_batch",
@@ -49,21 +48,7 @@ def theta0(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def files(theta0, tmp_path_factory) -> tuple[Path, Path]:
     """Five hand-made rollouts (3 micro-batches of 2: uneven over two processes) and their teacher scores."""
-    tok = load_tokenizer(theta0)
-    task = {"system": "Put the final answer in \\boxed{}.", "prompt": "Compute 3 + 5 - 2.", "answer": "6", "kind": "math"}
-    responses = ["3 + 5 = 8\n8 - 2 = 6\n\\boxed{6}", "3 + 5 = 9\n9 - 2 = 7\n\\boxed{7}", "3 + 5 = 8\n8 - 2 = 5\n\\boxed{5}",
-                 "3 + 5 = 8\n\\boxed{8}", "3 - 5 = 8\n\\boxed{6}"]
-    rows = []
-    for i, text in enumerate(responses):
-        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        torch.manual_seed(i)
-        rows.append({
-            "step": 0, "group": 0, "sample": i, "task": task, "in_loss": True, "reward": float(i == 0),
-            "prompt_ids": chat_prompt_ids(tok, student_messages(task)),
-            "teacher_prompt_ids": chat_prompt_ids(tok, teacher_messages(task, solution=responses[0], reflection="Recheck each sum.")),
-            "response_ids": ids, "response": text, "loss_start": [0, 2, 6, 0, 1][i],
-            "sampler_logps": (-2.0 + 0.5 * torch.rand(len(ids))).tolist(),
-        })
+    rows = hand_made_rollouts(theta0)
     folder = tmp_path_factory.mktemp("training")
     write_jsonl(folder / "reflections.jsonl", rows)
     run_teacher_score(teacher=theta0, student=theta0, reflections=str(folder / "reflections.jsonl"),
