@@ -183,7 +183,7 @@ def pass_at_k(evals: pd.DataFrame, path: Path) -> Path:
     colors = _colors([series_label(m, t) for m, t in final[["method", "target"]].drop_duplicates().itertuples(index=False)])
     figure, axes = _grid(len(benchmarks))
     for ax, benchmark in zip(axes, benchmarks):
-        ax.set_xscale("log", base=2)  # j doubles: 1, 2, 4, ..., k
+        ax.set_xscale("log", base=2)  # j runs 1..k: a log axis keeps small j readable
         if not _seed_curves(ax, long[long["benchmark"] == benchmark], "j", "pass", colors):
             _no_data(ax, f"pass@j on {benchmark}")
             continue
