@@ -1,5 +1,16 @@
 """The `rosd` command: one subcommand per pipeline stage (what the Snakemake rules call), plus
-`rosd compare` for people. Stage settings arrive as one JSON object (``--settings``)."""
+`rosd compare` for people. Stage settings arrive as one JSON object (``--settings``).
+
+Exit status: 0 done; 2 bad input (a missing input file, malformed ``--settings`` JSON, a malformed
+input line, a config or data error, a bad argument), reported as ONE line on stderr, no
+traceback (``ROSD_DEBUG=1`` adds it); 1 a bug (the traceback) or a stage's own one-line
+``SystemExit`` message; 3 stopped because the Snakemake that started the job is gone
+(rosd/lifeline.py).
+
+``rosd --log FILE <stage> ...`` sends this process's stderr (file descriptor 2, so Python logging,
+warnings and whatever libraries and child processes write there) to FILE, appended, and on a
+failure also writes the one-line reason to the stderr it was started with (Snakemake's terminal).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,8 @@ import json
 import logging
 import os
 import sys
+import time
+import traceback
 
 # Nothing is ever fetched from a hub: models and data are local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,11 +40,38 @@ STAGES = {
     "aggregate": ("rosd.aggregate", "write_tables", ["exp_dir", "out_dir"]),
     "plots": ("rosd.plots", "write_plots", ["rounds", "evals", "comparison", "localization_table", "out_dir", "out_page"]),
 }
-NO_SETTINGS = {"grade", "aggregate", "plots"}
+NO_SETTINGS = {"aggregate", "plots"}
+# The file arguments each stage reads (checked before the stage, and its imports, start).
+INPUTS = {
+    "rollouts": ["model", "data"],
+    "grade": ["rollouts"],
+    "reflect": ["model", "graded"],
+    "teacher-score": ["teacher", "student", "reflections"],
+    "distill": ["model", "reflections", "teacher_scores"],
+    "evaluate": ["model", "data"],
+    "aggregate": ["exp_dir"],
+    "plots": ["rounds", "evals", "comparison", "localization_table"],
+    "track": ["exp_dir"],
+}
+BAD_INPUT, BUG = 2, 1
+
+
+class UsageError(Exception):
+    """Bad input to the command itself (arguments, ``--settings``, a missing input path)."""
+
+    def __init__(self, message: str, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        raise UsageError(f"{message} (see {self.prog} --help)", prog=self.prog)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rosd", description=__doc__)
+    parser = _Parser(prog="rosd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log", metavar="FILE", help="append this process's stderr to FILE; a failure's one-line reason also goes to the original stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, _, files) in STAGES.items():
         stage = sub.add_parser(name, help=f"pipeline stage {name}")
@@ -56,11 +96,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_object(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{option} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object, not {type(value).__name__}: {text[:60]}")
+    return value
+
+
+def _check_inputs(args) -> None:
+    for name in INPUTS.get(args.command, []):
+        path = getattr(args, name)
+        if not os.path.exists(path):
+            raise UsageError(f"--{name.replace('_', '-')} {path}: no such file or directory")
+
+
 def _track(args) -> None:
+    config = _json_object(args.config, "--config")
+    _check_inputs(args)
     from rosd.io import write_json
     from rosd.tracking import ingest
 
-    written = ingest(args.exp_dir, os.path.basename(os.path.normpath(args.exp_dir)), json.loads(args.config))
+    written = ingest(args.exp_dir, os.path.basename(os.path.normpath(args.exp_dir)), config)
     write_json(args.out, {"parent_runs": written})
 
 
@@ -91,9 +150,117 @@ def write_compare_outputs(table, markdown: str, prefix: str) -> None:
         tmp.write_text(markdown, encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+class _Stderr:
+    """Where the command's failure lines go: stderr (file descriptor 2) and, after `redirect`
+    (``--log``), also the stderr the process was started with."""
+
+    def __init__(self):
+        self.original: int | None = None
+        self.log: str | None = None
+
+    def redirect(self, path: str, prog: str) -> None:
+        """Point fd 2 at ``path``, appended. Appended, not truncated: Snakemake removes a job's log
+        before the job starts, and several processes may share one log (accelerate's or
+        torchrun's ranks, ``rosd with-gpu`` and its command): truncating would wipe what another
+        one (a failure's reason included) already wrote."""
+        try:
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as error:
+            raise UsageError(f"--log {path}: cannot open: {error.strerror}", prog=prog) from None
+        sys.stderr.flush()
+        self.original = os.dup(2)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.log = path
+        os.write(2, f"--- {prog} (pid {os.getpid()}) started {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+
+    def to_original(self, line: str) -> None:
+        if self.original is not None:
+            try:
+                os.write(self.original, (line + "\n").encode())
+            except OSError:
+                pass
+
+    def line(self, text: str) -> None:
+        """One line to stderr (the log, with ``--log``) and to the original stderr."""
+        line = _one_line(text)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        self.to_original(line)
+
+    def report(self, text: str) -> None:
+        """`line` for any thread (the lifeline's): straight to the file descriptors, not through
+        sys.stderr, whose lock the main thread may hold."""
+        line = _one_line(text)
+        try:
+            os.write(2, (line + "\n").encode())
+        except OSError:
+            pass
+        self.to_original(line)
+
+
+def _user_error(error: BaseException) -> str | None:
+    """The one-line reason when ``error`` is a known bad-input error, None when it is a bug."""
+    if isinstance(error, UsageError):
+        return str(error)
+    if isinstance(error, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        reason = (error.strerror or type(error).__name__).lower()
+        return f"{error.filename}: {reason}" if error.filename else str(error)
+    # Errors that other modules raise for bad input, looked up only when their module is loaded
+    # (it cannot have raised otherwise): no stage's imports are paid for an error message.
+    known = [getattr(sys.modules.get(module), name, None) for module, name in USER_ERRORS]
+    known = tuple(cls for cls in known if isinstance(cls, type) and issubclass(cls, BaseException))
+    if known and isinstance(error, known):
+        return str(error)
+    return None
+
+
+# (module, class) of the errors that mean bad input, not a bug. A plain ValueError or
+# json.JSONDecodeError is not among them: the code raises those for its own mistakes too (a check
+# worker's malformed answer, say); the readers of input files raise rosd.io.InputFormatError.
+USER_ERRORS = [
+    ("rosd.io", "InputFormatError"),
+    ("rosd.config", "ConfigError"),
+    ("rosd.datasets", "DataError"),
+]
+
+
+def _debug() -> bool:
+    return os.environ.get("ROSD_DEBUG", "") not in ("", "0")
+
+
+def _log_option(argv: list[str]) -> str | None:
+    """The value of the global ``--log`` (before the subcommand), found before parsing so that
+    even an argument error is logged."""
+    for i, arg in enumerate(argv):
+        if arg == "--log":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if arg.startswith("--log="):
+            return arg.removeprefix("--log=")
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
+def _prog(argv: list[str]) -> str:
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--log":
+            skip = True
+        elif not arg.startswith("-"):
+            return f"rosd {arg}"
+    return "rosd"
+
+
+def _run(args) -> None:
     if args.command == "with-gpu":
         from rosd.gpu_pool import exec_with_gpus
 
@@ -103,13 +270,49 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "compare":
         return _compare(args)
     module_name, function_name, files = STAGES[args.command]
+    kwargs = {name: getattr(args, name) for name in files}
+    if args.command not in NO_SETTINGS:
+        kwargs["settings"] = _json_object(args.settings, "--settings")
+    _check_inputs(args)
     import importlib
 
     function = getattr(importlib.import_module(module_name), function_name)
-    kwargs = {name: getattr(args, name) for name in files}
-    if args.command not in NO_SETTINGS:
-        kwargs["settings"] = json.loads(args.settings)
     function(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one command. Bad input: one line on stderr and SystemExit(2); a stage's own
+    ``SystemExit(message)`` passes through (exit 1); a bug propagates (its traceback, exit 1)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    err = _Stderr()
+    prog = _prog(argv)
+    try:
+        if (log := _log_option(argv)) is not None:
+            err.redirect(log, prog)
+        args = _parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+        from rosd import lifeline
+
+        lifeline.start(prog, report=err.report)
+        _run(args)
+    except SystemExit as exit_:
+        if err.original is not None and isinstance(exit_.code, str):
+            err.line(f"{prog}: {exit_.code}")
+            raise SystemExit(BUG) from None
+        raise
+    except Exception as error:
+        reason = _user_error(error)
+        if reason is None:  # a bug: its traceback
+            if err.original is None:
+                raise
+            traceback.print_exc()
+            sys.stderr.flush()
+            err.to_original(_one_line(f"{prog}: failed: {type(error).__name__}: {error} (traceback in {err.log})"))
+            raise SystemExit(BUG) from None
+        if _debug():
+            traceback.print_exc()
+        err.line(f"{getattr(error, 'prog', None) or prog}: error: {reason}")
+        raise SystemExit(BAD_INPUT) from None
 
 
 if __name__ == "__main__":

@@ -9,8 +9,15 @@ reference solution or None, and ``steps`` always [] (only the world knows a solu
 ``domain`` is the benchmark's name in the config, so every benchmark (each SciKnowEval domain
 among them) stays its own, never pooled.
 
-Rows come from a local JSONL/JSON/parquet file or directory (always possible), or from a public
-dataset name through ``datasets.load_dataset`` (imported only then) when the hub is on.
+Every row comes through Hugging Face ``datasets.load_dataset``: a local JSONL/JSON/parquet file
+as ``load_dataset("json" | "parquet", data_files=FILE, split="train")``, a directory as its
+``<split>.{jsonl,json,parquet}`` file or else as datasets itself reads the directory (a downloaded
+hub repository's ``data/<split>-*.parquet``), and a hub name as ``load_dataset(NAME, CONFIG,
+split=SPLIT)``. So datasets' cache applies (HF_DATASETS_CACHE; a local file is re-read when it
+changes) and, with the hub off, a hub dataset already in that cache still loads.
+
+Data the adapters cannot use raises `DataError`, one line naming the file with its line (JSONL) or
+row (JSON, parquet, hub; counted from 1) and the problem; nothing bad is taken silently.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from rosd.grading import last_boxed
@@ -44,6 +52,14 @@ SCIKNOWEVAL_SPLIT_SEED = 42
 SCIKNOWEVAL_HUB_SPLIT = "test"  # the hub release is one split holding every question
 
 _GSM8K_CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<48/2=24>>
+_OPTION = re.compile(r"^([A-Z]): ", re.MULTILINE)  # a prepared SciKnowEval prompt's option line
+
+# File suffix -> datasets' packaged builder.
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """Data the adapters cannot use: one line naming the file (line or row) and the problem."""
 
 
 def _record(name: str, key, kind: str, prompt: str, answer, *, system=None, solution=None) -> dict:
@@ -59,44 +75,192 @@ def _record(name: str, key, kind: str, prompt: str, answer, *, system=None, solu
     }
 
 
-# --- where rows come from ---
+# --- where rows come from: datasets.load_dataset, for files and hub names alike ---
 
-def _read_file(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet  # installed with mlflow; to_pylist gives plain Python values
+class Rows(list):
+    """A split's rows as plain dicts, in order, that can say where row i came from."""
 
-        return pyarrow.parquet.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    def __init__(self, rows: list[dict], source: str, file: Path | None = None, columns=()):
+        super().__init__(rows)
+        self.source = source  # a file, "DIR split 'S'" or "hub dataset 'NAME' split 'S'"
+        self.file = file  # the one local file the rows came from, when there is one
+        self.columns = tuple(columns)
+
+    def where(self, position: int) -> str:
+        """``FILE:LINE`` for a JSON Lines file, else ``SOURCE row N`` (both counted from 1)."""
+        if self.file is not None and self.file.suffix != ".parquet" and not _is_json_array(self.file):
+            nonblank = 0
+            for lineno, line in enumerate(self.file.read_bytes().split(b"\n"), 1):
+                if line.strip():
+                    if nonblank == position:
+                        return f"{self.file}:{lineno}"
+                    nonblank += 1
+        return f"{self.source} row {position + 1}"
+
+    def error(self, position: int, problem: str) -> DataError:
+        return DataError(f"{self.where(position)}: {problem}")
 
 
-def local_rows(path: Path, split_name: str) -> list[dict]:
-    """Rows of a file, or of ``<dir>/<split_name>.{jsonl,json,parquet}`` when ``path`` is a directory."""
+def _one_line(error: BaseException) -> str:
+    """The innermost cause of a library error, on one line (datasets wraps parse errors)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _json_kind(value) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _is_json_array(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def _is_blank(path: Path) -> bool:
+    return path.stat().st_size < 4096 and not path.read_bytes().strip()
+
+
+def _check_not_one_object(path: Path) -> None:
+    """datasets reads a ``.json`` file holding one object as one row; that is never a benchmark."""
+    with path.open("rb") as handle:
+        if not handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+            return
+    try:
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # JSON Lines (or broken, which the load reports)
+    if isinstance(value, dict):
+        keys = ", ".join(list(value)[:5]) + (", ..." if len(value) > 5 else "")
+        raise DataError(f"{path}: holds one JSON object (keys: {keys}), not rows: give a JSON list of row objects, "
+                        "or one object per line (.jsonl)")
+
+
+def _bad_json(path: Path) -> DataError | None:
+    """The first line (or row) of a JSON/JSONL file that is not a JSON row object, if any."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if data.lstrip().startswith(b"["):
+        try:
+            value = json.loads(data)
+        except json.JSONDecodeError as error:
+            return DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno})")
+        except UnicodeDecodeError:
+            return DataError(f"{path}: not UTF-8 text")
+        for position, item in enumerate(value):
+            if not isinstance(item, dict):
+                return DataError(f"{path} row {position + 1}: a JSON {_json_kind(item)}, not a row object")
+        return None
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            return DataError(f"{path}:{lineno}: not valid JSON ({error.msg}, column {error.colno})")
+        except UnicodeDecodeError:
+            return DataError(f"{path}:{lineno}: not UTF-8 text")
+        if not isinstance(value, dict):
+            return DataError(f"{path}:{lineno}: a JSON {_json_kind(value)}, not a row object")
+    return None
+
+
+@contextmanager
+def _quiet_datasets():
+    """No log lines or progress bars from datasets while it reads a local file (it takes a moment,
+    and it logs its own error before raising, where we raise one line of our own)."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from datasets.utils import logging as datasets_logging
+
+    level, bars_were_off = datasets_logging.get_verbosity(), are_progress_bars_disabled()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(level)
+        if not bars_were_off:
+            enable_progress_bars()
+
+
+def _file_rows(path: Path) -> Rows:
+    """Rows of one local file through ``load_dataset("json" | "parquet", data_files=...)``."""
+    builder = BUILDERS.get(path.suffix)
+    if builder is None:
+        raise SystemExit(f"{path}: not a .jsonl, .json or .parquet file")
+    if builder == "json":
+        if _is_blank(path):
+            return Rows([], str(path), path)  # datasets stops on an empty file; no rows is said below
+        if path.suffix == ".json":
+            _check_not_one_object(path)
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as error:
+        bad = _bad_json(path) if builder == "json" else None
+        if bad is not None:
+            raise bad from None
+        raise DataError(f"{path}: datasets could not read it: {_one_line(error)}") from None
+    return Rows(dataset.to_list(), str(path), path, dataset.column_names)
+
+
+def _directory_rows(path: Path, split_name: str) -> Rows:
+    """A directory without ``<split>.{jsonl,json,parquet}``, read as datasets reads a directory."""
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            dataset = datasets.load_dataset(str(path), split=split_name)
+    except (FileNotFoundError, ValueError) as error:
+        message = _one_line(error)
+        if "split" not in message.lower() and "data files" not in message.lower():
+            raise DataError(f"{path}: datasets could not read split {split_name!r}: {message}") from None
+        raise SystemExit(f"no {split_name}.jsonl, .json or .parquet in {path}, and datasets finds no "
+                         f"{split_name!r} split there ({message})") from None
+    except Exception as error:
+        raise DataError(f"{path}: datasets could not read split {split_name!r}: {_one_line(error)}") from None
+    return Rows(dataset.to_list(), f"{path} split {split_name!r}", None, dataset.column_names)
+
+
+def local_rows(path: Path, split_name: str) -> Rows:
+    """Rows of a file, or of ``<dir>/<split_name>.{jsonl,json,parquet}`` when ``path`` is a
+    directory (else of the directory's ``split_name`` split as datasets finds it)."""
     if path.is_dir():
-        candidates = [path / f"{split_name}{suffix}" for suffix in (".jsonl", ".json", ".parquet")]
-        found = [c for c in candidates if c.exists()]
-        if not found:
-            raise SystemExit(f"no {split_name}.jsonl, .json or .parquet in {path}")
-        path = found[0]
+        found = [path / f"{split_name}{suffix}" for suffix in BUILDERS if (path / f"{split_name}{suffix}").is_file()]
+        return _file_rows(found[0]) if found else _directory_rows(path, split_name)
     if not path.exists():
         raise SystemExit(f"no such data file or directory: {path}")
-    return _read_file(path)
+    return _file_rows(path)
 
 
-def hub_rows(name: str, hub: str, config: str | None, split_name: str) -> list[dict]:
-    """Rows of a public dataset's split; one clear line, at once, when the hub is off."""
-    if hub_offline():
-        raise SystemExit(offline_message(f"data.datasets.{name}.hub", hub, f"give a local JSONL/parquet file in data.datasets.{name}.path"))
+def hub_rows(name: str, hub: str, config: str | None, split_name: str) -> Rows:
+    """Rows of a public dataset's split, downloaded into (or, with the hub off, read from)
+    datasets' cache; one clear line, at once, when the hub is off and it is not cached."""
+    import datasets
+
+    source = f"hub dataset {hub!r}" + (f" ({config})" if config else "") + f" split {split_name!r}"
+    offline = hub_offline() or datasets.config.HF_HUB_OFFLINE
+    instead = f"give a local JSONL/JSON/parquet file or directory in data.datasets.{name}.path"
+    if offline and not datasets.config.HF_HUB_OFFLINE:
+        # the variables were set after datasets was imported: it would go online, so do not try
+        raise SystemExit(offline_message(f"data.datasets.{name}.hub", hub, instead))
     try:
-        import datasets
-    except ImportError:
-        raise SystemExit(f"data.datasets.{name}.hub needs the datasets package: pip install 'rosd[hub]'") from None
-    return [dict(row) for row in datasets.load_dataset(hub, config, split=split_name)]
+        dataset = datasets.load_dataset(hub, config, split=split_name)
+    except (ConnectionError, FileNotFoundError) as error:
+        if offline:
+            raise SystemExit(offline_message(f"data.datasets.{name}.hub", hub, instead)) from None
+        raise SystemExit(f"data.datasets.{name}.hub = {hub!r}: datasets could not load it: {_one_line(error)}") from None
+    except Exception as error:
+        raise SystemExit(f"data.datasets.{name}.hub = {hub!r}: datasets could not load split {split_name!r}: "
+                         f"{_one_line(error)}") from None
+    return Rows(dataset.to_list(), source, None, dataset.column_names)
 
 
-def _rows(name: str, spec: dict, split: str) -> list[dict]:
+def _rows(name: str, spec: dict, split: str) -> Rows:
     """The rows of the pipeline's split ("train"/"test"), named by the entry's train_split/test_split."""
     split_name = spec.get(f"{split}_split", split)
     if spec.get("path"):
@@ -106,12 +270,52 @@ def _rows(name: str, spec: dict, split: str) -> list[dict]:
     raise SystemExit(f"data.datasets.{name}: give a local 'path' or a public 'hub' dataset name")
 
 
+# --- checks of single values: a missing key and a null are the same to datasets ---
+
+def _get(row: dict, key: str, default=None):
+    value = row.get(key)
+    return default if value is None else value
+
+
+def _text(rows: Rows, position: int, row: dict, key: str) -> str:
+    """The row's non-empty string ``key``, else a DataError naming the row."""
+    value = row.get(key)
+    if value is None:
+        raise rows.error(position, f"no {key!r} (missing or null)")
+    if not isinstance(value, str):
+        raise rows.error(position, f"{key!r} is a {type(value).__name__}, not a string: {value!r:.80}")
+    if not value.strip():
+        raise rows.error(position, f"{key!r} is empty")
+    return value
+
+
+def _scalar_answer(rows: Rows, position: int, row: dict, key: str = "answer") -> str:
+    """A string or number answer as a stripped string (never 'None')."""
+    value = row.get(key)
+    if value is None:
+        raise rows.error(position, f"no {key!r} (missing or null)")
+    if isinstance(value, (dict, list, bool)):
+        raise rows.error(position, f"{key!r} is a {type(value).__name__}, not a string or number: {value!r:.80}")
+    answer = str(value).strip()
+    if not answer:
+        raise rows.error(position, f"{key!r} is empty")
+    return answer
+
+
 # --- adapters: (name, entry, split "train"/"test", data settings) -> records ---
 
 def _sciknoweval_prompt(row: dict) -> str:
     choices = row["choices"]
     options = "\n".join(f"{label}: {text}" for label, text in zip(choices["label"], choices["text"]))
     return row["question"] + "\n\n" + options + "\nPlease reason step by step."
+
+
+def _prompt_options(prompt: str) -> list[str]:
+    """The option letters of a prepared prompt: the last run of "A: ", "B: ", ... lines."""
+    labels = _OPTION.findall(prompt)
+    if "A" not in labels:
+        return []
+    return labels[len(labels) - 1 - labels[::-1].index("A"):]
 
 
 def sciknoweval_split(n: int) -> tuple[list[int], list[int]]:
@@ -123,8 +327,42 @@ def sciknoweval_split(n: int) -> tuple[list[int], list[int]]:
     return order[n_test:], order[:n_test]
 
 
-def _sciknoweval_prepared(name: str, rows: list[dict]) -> list[dict]:
-    return [_record(name, row["idx"], "mcq", row["prompt"], row["answer"], system=row["system"]) for row in rows]
+def _sciknoweval_prepared(name: str, rows: Rows) -> list[dict]:
+    records = []
+    for position, row in enumerate(rows):
+        prompt, answer = _text(rows, position, row, "prompt"), _text(rows, position, row, "answer").strip()
+        options = _prompt_options(prompt)
+        if not options:
+            raise rows.error(position, "its 'prompt' has no option lines ('A: ...', 'B: ...')")
+        if answer not in options:
+            raise rows.error(position, f"answer {answer!r} is not one of its options {', '.join(options)}")
+        records.append(_record(name, _get(row, "idx", position), "mcq", prompt, answer, system=row.get("system")))
+    return records
+
+
+def _sciknoweval_raw(rows: Rows, domain: str) -> list[tuple[int, dict]]:
+    """(position, row) of the raw rows the reference keeps: the domain's level-3 multiple choice,
+    each checked (question, options, an answer letter among them)."""
+    chosen = []
+    for position, row in enumerate(rows):
+        details = row.get("details")
+        if row.get("domain") is None or row.get("type") is None or not isinstance(details, dict):
+            raise rows.error(position, "a raw SciKnowEval row needs 'domain', 'type' and 'details' (with 'level'), "
+                                       "or a prepared row needs 'prompt'")
+        if not (str(row["domain"]).lower() == domain and details.get("level") == SCIKNOWEVAL_LEVEL
+                and row["type"] in SCIKNOWEVAL_TYPES):
+            continue
+        _text(rows, position, row, "question")
+        choices = row.get("choices")
+        labels = choices.get("label") if isinstance(choices, dict) else None
+        texts = choices.get("text") if isinstance(choices, dict) else None
+        if not labels or not isinstance(labels, list) or not isinstance(texts, list) or len(labels) != len(texts):
+            raise rows.error(position, "'choices' must hold 'label' and 'text' lists of the same length")
+        answer = _text(rows, position, row, "answerKey").strip()
+        if answer not in labels:
+            raise rows.error(position, f"answerKey {answer!r} is not one of its options {', '.join(map(str, labels))}")
+        chosen.append((position, {**row, "answerKey": answer}))
+    return chosen
 
 
 def _sciknoweval(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
@@ -143,28 +381,55 @@ def _sciknoweval(name: str, spec: dict, split: str, settings: dict) -> list[dict
         raw = local_rows(path, SCIKNOWEVAL_HUB_SPLIT)
     else:
         raw = hub_rows(name, spec.get("hub") or "hicai-zju/SciKnowEval", spec.get("hub_config"), SCIKNOWEVAL_HUB_SPLIT)
-    if raw and "prompt" in raw[0]:
+    if "prompt" in raw.columns:
         return _sciknoweval_prepared(name, raw)
-    chosen = [
-        row for row in raw
-        if str(row["domain"]).lower() == domain
-        and row["details"]["level"] == SCIKNOWEVAL_LEVEL
-        and row["type"] in SCIKNOWEVAL_TYPES
-    ]
+    chosen = _sciknoweval_raw(raw, domain)
     train, test = sciknoweval_split(len(chosen))
     return [
-        _record(name, idx, "mcq", _sciknoweval_prompt(chosen[idx]), chosen[idx]["answerKey"], system=SCIKNOWEVAL_SYSTEM)
+        _record(name, idx, "mcq", _sciknoweval_prompt(chosen[idx][1]), chosen[idx][1]["answerKey"], system=SCIKNOWEVAL_SYSTEM)
         for idx in (train if split == "train" else test)
     ]
+
+
+def _check_tool_calls(rows: Rows, position: int, answer) -> None:
+    """The gold answer must be a JSON list (or a list) of {"Action": name, "Action_Input": JSON
+    object text, or an object}: what rosd.grading.gold_tool_calls reads."""
+    shape = 'a JSON list of {"Action": ..., "Action_Input": ...} calls'
+    if isinstance(answer, str):
+        try:
+            calls = json.loads(answer)
+        except json.JSONDecodeError as error:
+            raise rows.error(position, f"'answer' is not valid JSON ({error.msg}, column {error.colno}); it must be {shape}") from None
+    else:
+        calls = answer
+    if not isinstance(calls, list) or not calls:
+        raise rows.error(position, f"'answer' is {'an empty list' if calls == [] else 'a JSON ' + _json_kind(calls)}; it must be {shape}")
+    for number, call in enumerate(calls, 1):
+        if not isinstance(call, dict) or "Action" not in call or "Action_Input" not in call:
+            raise rows.error(position, f"'answer' call {number} is not an object with 'Action' and 'Action_Input': {call!r:.80}")
+        if not isinstance(call["Action"], str) or not call["Action"].strip():
+            raise rows.error(position, f"'answer' call {number} has no action name: {call['Action']!r:.80}")
+        given = call["Action_Input"] or "{}"
+        if isinstance(given, str):
+            try:
+                given = json.loads(given)
+            except json.JSONDecodeError as error:
+                raise rows.error(position, f"'answer' call {number} ({call['Action']}): Action_Input is not valid JSON ({error.msg})") from None
+        if not isinstance(given, dict):
+            raise rows.error(position, f"'answer' call {number} ({call['Action']}): Action_Input is a JSON {_json_kind(given)}, not an object")
 
 
 def _tooluse(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
     """ToolAlpaca-style rows as the reference releases them: prompt, answer = JSON list of calls."""
     rows = _rows(name, spec, split)
-    return [
-        _record(name, row.get("idx", position), "tooluse", row["prompt"], row["answer"], system=row.get("system"))
-        for position, row in enumerate(rows)
-    ]
+    records = []
+    for position, row in enumerate(rows):
+        prompt = _text(rows, position, row, "prompt")
+        if row.get("answer") is None:
+            raise rows.error(position, "no 'answer' (missing or null)")
+        _check_tool_calls(rows, position, row["answer"])
+        records.append(_record(name, _get(row, "idx", position), "tooluse", prompt, row["answer"], system=row.get("system")))
+    return records
 
 
 def _math_prompt(problem: str, spec: dict) -> str:
@@ -175,11 +440,19 @@ def _aime(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
     """AIME rows with ``problem`` and ``answer``; math-ai/aime24 gives the answer only as
     ``solution`` = ``\\boxed{N}``."""
     records = []
-    for position, row in enumerate(_rows(name, spec, split)):
-        has_answer = row.get("answer") not in (None, "")
-        answer = str(row["answer"]).strip() if has_answer else last_boxed(row["solution"])
-        solution = row.get("solution") if has_answer else None  # a worked solution, when separate
-        records.append(_record(name, row.get("id", position), "math", _math_prompt(row["problem"], spec), answer,
+    rows = _rows(name, spec, split)
+    for position, row in enumerate(rows):
+        problem = _text(rows, position, row, "problem")
+        if row.get("answer") not in (None, ""):
+            answer = _scalar_answer(rows, position, row)
+            solution = row.get("solution")  # a worked solution, when separate
+        else:
+            given = row.get("solution")
+            answer = last_boxed(given) if isinstance(given, str) else None
+            if answer is None or not answer.strip():
+                raise rows.error(position, "neither an 'answer' nor a \\boxed{} answer in its 'solution'")
+            solution = None
+        records.append(_record(name, _get(row, "id", position), "math", _math_prompt(problem, spec), answer,
                                system=spec.get("system"), solution=solution))
     return records
 
@@ -187,21 +460,26 @@ def _aime(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
 def _gsm8k(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
     """GSM8K rows: ``question``, ``answer`` = rationale then ``#### N``."""
     records = []
-    for position, row in enumerate(_rows(name, spec, split)):
-        rationale, _, final = row["answer"].rpartition("####")
+    rows = _rows(name, spec, split)
+    for position, row in enumerate(rows):
+        question = _text(rows, position, row, "question")
+        rationale, marker, final = _text(rows, position, row, "answer").rpartition("####")
         answer = final.strip().replace(",", "")
+        if not marker or not answer:
+            raise rows.error(position, "its 'answer' does not end with the final answer as '#### N'")
         solution = _GSM8K_CALCULATOR.sub("", rationale).strip() + f"\n\\boxed{{{answer}}}"
-        records.append(_record(name, position, "math", _math_prompt(row["question"], spec), answer,
+        records.append(_record(name, position, "math", _math_prompt(question, spec), answer,
                                system=spec.get("system"), solution=solution))
     return records
 
 
 def _math500(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
     """MATH-500 rows: ``problem``, ``solution``, ``answer``, ``unique_id``."""
+    rows = _rows(name, spec, split)
     return [
-        _record(name, row.get("unique_id", position), "math", _math_prompt(row["problem"], spec), str(row["answer"]).strip(),
-                system=spec.get("system"), solution=row.get("solution"))
-        for position, row in enumerate(_rows(name, spec, split))
+        _record(name, _get(row, "unique_id", position), "math", _math_prompt(_text(rows, position, row, "problem"), spec),
+                _scalar_answer(rows, position, row), system=spec.get("system"), solution=row.get("solution"))
+        for position, row in enumerate(rows)
     ]
 
 

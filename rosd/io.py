@@ -1,40 +1,170 @@
 """Atomic file output: every stage writes to a temporary name and renames, so a crash leaves
-either the old file or the new one, never half of one."""
+either the old file or the new one, never half of one.
+
+Each attempt writes to a name of its own, ``.NAME.<host>.<pid>.<random>.partial`` beside NAME, so
+two writers of the same output (a job that outlived its Snakemake and the rerun's job) never
+write into one file. The attempt holds an exclusive ``flock`` on its partial while it writes; the
+kernel drops that lock however the process ends, a SIGKILL included. Before writing, an attempt
+removes the partials of NAME that dead attempts left: those whose lock nobody holds and, when
+they come from this host, whose pid is not alive (the pid check covers the instant between a
+partial's creation and its lock, and filesystems without locks). A live writer's partial is
+never touched, and what a killed attempt leaves is removed by the next attempt of the same
+output, so leftovers do not pile up.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import json
 import os
+import re
+import secrets
 import shutil
+import socket
+import threading
 from pathlib import Path
+
+from rosd import lifeline
+
+
+class InputFormatError(ValueError):
+    """A file a stage reads is malformed; the message names it (and the line): ``path:line: ...``."""
+
+    def __init__(self, path, line: int | None, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        super().__init__(f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
+
+
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
+_ATTEMPT = re.compile(r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)")
+_SUFFIX = ".partial"
+
+# This process's partials being written, removed if the lifeline stops the process mid-write.
+_active: set[Path] = set()
+_active_lock = threading.Lock()
 
 
 def _partial(path: Path) -> Path:
-    """The temporary name of ``path`` while it is written. Fixed, so that what a killed attempt
-    left behind is removed by the next attempt instead of piling up."""
-    return path.with_name(f".{path.name}.partial")
+    """A fresh temporary name for one attempt at writing ``path``."""
+    return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}{_SUFFIX}")
+
+
+def _attempt(path: Path, candidate: Path) -> tuple[str, int] | None:
+    """(host, pid) of a partial of ``path``, None for any other name."""
+    prefix = f".{path.name}."
+    name = candidate.name
+    if not (name.startswith(prefix) and name.endswith(_SUFFIX)):
+        return None
+    match = _ATTEMPT.fullmatch(name[len(prefix) : -len(_SUFFIX)])
+    return (match["host"], int(match["pid"])) if match else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            path.unlink()
+
+
+def _unlocked(candidate: Path) -> bool:
+    """Whether no process holds the lock of a partial (False when that cannot be told)."""
+    try:
+        fd = os.open(candidate, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held by a live attempt, or a filesystem without locks
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove what dead attempts at writing ``path`` left beside it; returns what was removed."""
+    path = Path(path)
+    removed = []
+    legacy = path.with_name(f".{path.name}{_SUFFIX}")  # the fixed name earlier versions used
+    if legacy.exists() or legacy.is_symlink():
+        _remove(legacy)
+        removed.append(legacy)
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*{_SUFFIX}"):
+        attempt = _attempt(path, candidate)
+        if attempt is None:
+            continue
+        host, pid = attempt
+        if host == HOST and _pid_alive(pid):
+            continue
+        if _unlocked(candidate):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
+
+
+def _claim(path: Path, directory: bool) -> tuple[Path, int]:
+    """Create this attempt's partial (file or directory) and lock it; (its path, the lock's fd)."""
+    while True:
+        tmp = _partial(path)
+        try:
+            if directory:
+                os.mkdir(tmp)
+                fd = os.open(tmp, os.O_RDONLY)
+            else:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        with contextlib.suppress(OSError):  # no locks on this filesystem: the pid check remains
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _active_lock:
+            _active.add(tmp)
+        return tmp, fd
+
+
+def _release(tmp: Path, fd: int) -> None:
+    with _active_lock:
+        _active.discard(tmp)
+    _remove(tmp)  # nothing left if the rename happened
+    os.close(fd)
+
+
+def _abandon() -> None:
+    """Remove this process's partials (the lifeline stops the process mid-write)."""
+    with _active_lock:
+        for tmp in list(_active):
+            _remove(tmp)
+
+
+lifeline.on_stop(_abandon)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path`` (an empty file); rename it onto ``path`` only if the
+    block succeeds and the Snakemake that started this process (if any) is still there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(path)
-    _remove(tmp)
+    remove_stale_partials(path)
+    tmp, fd = _claim(path, directory=False)
     try:
         yield tmp
+        lifeline.check()
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        _release(tmp, fd)
 
 
 @contextlib.contextmanager
@@ -42,15 +172,15 @@ def atomic_dir(path: str | os.PathLike):
     """Like `atomic_path`, for a directory (a checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(path)
-    _remove(tmp)
-    tmp.mkdir()
+    remove_stale_partials(path)
+    tmp, fd = _claim(path, directory=True)
     try:
         yield tmp
+        lifeline.check()
         _remove(path)
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        _release(tmp, fd)
 
 
 def write_json(path, obj) -> None:
@@ -59,7 +189,12 @@ def write_json(path, obj) -> None:
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputFormatError(path, None, "not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise InputFormatError(path, error.lineno, f"not valid JSON: {error.msg} (column {error.colno})") from None
 
 
 def write_jsonl(path, rows) -> None:
@@ -69,5 +204,19 @@ def write_jsonl(path, rows) -> None:
 
 
 def read_jsonl(path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a JSON-lines file (blank lines skipped); a malformed line raises
+    `InputFormatError` naming ``path:line``."""
+    rows = []
+    number = 0
+    with open(path, encoding="utf-8") as f:
+        try:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise InputFormatError(path, number, f"not a JSON line: {error.msg} (column {error.colno})") from None
+        except UnicodeDecodeError:
+            raise InputFormatError(path, number + 1, "not UTF-8 text") from None
+    return rows

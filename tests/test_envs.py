@@ -1,7 +1,7 @@
 """The conda environments name the same packages, with the same version bounds, as pyproject.toml.
 
 CI has no conda channels, so nothing here creates an environment: the files are parsed and compared
-with the pip requirements they mirror (environment.yml: dependencies + `test`, `hub`, `cpu-chat`; workflow/envs/cpu.yaml:
+with the pip requirements they mirror (environment.yml: dependencies + `test`, `cpu-chat`; workflow/envs/cpu.yaml:
 dependencies + `train`; workflow/envs/gpu.yaml: dependencies + `gpu`), and every env file a rule
 names exists with its post-deploy script.
 """
@@ -49,10 +49,17 @@ def conda_requirements(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "env, extras",
-    [("environment.yml", ("test", "hub", "cpu-chat")), ("workflow/envs/cpu.yaml", ("train",)), ("workflow/envs/gpu.yaml", ("gpu",))],
+    [("environment.yml", ("test", "cpu-chat")), ("workflow/envs/cpu.yaml", ("train",)), ("workflow/envs/gpu.yaml", ("gpu",))],
 )
 def test_env_file_mirrors_pyproject(env, extras):
     assert conda_requirements(REPO / env) == pip_requirements(*extras)
+
+
+def test_datasets_is_a_dependency_of_every_env():
+    """rosd.datasets loads every real benchmark through Hugging Face datasets, in every environment."""
+    assert "datasets" in pip_requirements()
+    for env in ("environment.yml", "workflow/envs/cpu.yaml", "workflow/envs/gpu.yaml"):
+        assert "datasets" in conda_requirements(REPO / env), env
 
 
 def test_gpu_env_installs_from_pypi_only():
