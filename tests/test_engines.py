@@ -7,24 +7,31 @@ engine asks for and answers in vLLM's shapes (``RequestOutput.outputs`` of ``Com
 per prompt with n samples, distinct per-prompt seeds, the sampled token's log-prob picked out of
 each step, ids and text per sample, and the one-line message when vLLM is missing. Whether real vLLM
 behaves as its documentation says is checked only on a GPU (README, "Run the paper's setting").
+The HF engine's step-by-step log-probs are checked against its old ``output_logits=True`` path
+(``StoredLogitsEngine`` of benchmarks/generation_memory.py), sampling and greedy.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 import torch
+from transformers import GenerationConfig
 
 from rosd.engines import load_engine
-from rosd.engines.hf import HFEngine
+from rosd.engines.hf import HFEngine, SampledLogprobs, processors_before_recorder
 from rosd.engines.vllm import MISSING, SEED_STRIDE, VLLMEngine
 from rosd.modeling import load_tokenizer
 from tiny_model import small_model_dir
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +133,7 @@ def test_rollouts_stage_writes_vllm_samples_and_their_logprobs(model_dir, fake_v
     settings = {
         "seed": 1, "round": 2, "device": "cuda", "dtype": "bfloat16", "enable_thinking": False,
         "generation": {"backend": "vllm", "batch_size": 64, "tensor_parallel_size": 1},
-        "train": {"batch_prompts": 2, "rollouts_per_prompt": 2, "steps_per_round": 1, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8},
+        "train": {"batch_prompts": 2, "rollouts_per_prompt": 2, "steps_per_round": 1, "temperature": 1.0, "top_p": 1.0, "top_k": None, "max_new_tokens": 8},
     }
     out = tmp_path / "rollouts.jsonl"
     run_rollouts(model=model_dir, data=str(data), out=str(out), settings=settings)
@@ -168,3 +175,83 @@ def test_hf_sampler_logprobs_are_the_models_at_the_temperature(model_dir):
             expected = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, torch.tensor(sample.ids)[:, None]).squeeze(-1)
             assert sample.logps == pytest.approx(expected.tolist(), abs=1e-4)
             assert sample.text == engine.tokenizer.decode(sample.ids, skip_special_tokens=True)
+
+
+def _stored_logits_engine():
+    """The reference: the HF engine's batch step as it was, ``output_logits=True`` (every step's
+    logits kept until the batch ends) — the same class the memory benchmark measures."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from generation_memory import StoredLogitsEngine
+
+    return StoredLogitsEngine
+
+
+@pytest.mark.parametrize(
+    "temperature, top_p, top_k",
+    [(0.8, 0.9, 20), (1.0, 1.0, None), (0.6, 0.95, 5), (0.0, 1.0, None)],
+    ids=["top_p-and-top_k", "full-distribution", "small-top_k", "greedy"],
+)
+def test_hf_recorded_logprobs_equal_the_stored_logits_path(model_dir, temperature, top_p, top_k):
+    """Same seed, same samples (ids and text, exactly) and the same log-probs (1e-5) as the old
+    ``output_logits=True`` path: log_softmax(raw logits / temperature) over the whole vocabulary,
+    before top-k/top-p (greedy: temperature 1e-6). Two batches of three; rows that stop at the end
+    of turn share a batch with rows that run to the limit."""
+    engine, reference = HFEngine(model_dir, batch_size=3), _stored_logits_engine()(model_dir, batch_size=3)
+    prompts = [engine.tokenizer(text)["input_ids"] for text in ("Compute 1 + 2.", "Compute 12 + 30 - 7.", "Compute 5 - 9.")]
+    kwargs = dict(n=2, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=16, seed=3)
+    got, expected = engine.generate(prompts, **kwargs), reference.generate(prompts, **kwargs)
+    pairs = [(a, b) for group_a, group_b in zip(got, expected, strict=True) for a, b in zip(group_a, group_b, strict=True)]
+    assert len(pairs) == 6
+    for a, b in pairs:
+        assert a.ids == b.ids and a.text == b.text
+        assert len(a.logps) == len(a.ids)
+        assert a.logps == pytest.approx(b.logps, abs=1e-5)
+    eos = engine.tokenizer.eos_token_id
+    assert any(a.ids[-1] == eos for a, _ in pairs) and any(len(a.ids) == 16 for a, _ in pairs)
+
+
+def record(recorder: SampledLogprobs, scores: torch.Tensor, tokens: torch.Tensor, calls: int) -> None:
+    """Drive ``recorder`` as ``generate`` does: call t sees the ids up to step t - 1's token."""
+    ids = torch.zeros(tokens.shape[0], 3, dtype=torch.long)  # the prompt
+    for t in range(calls):
+        step = scores[t]
+        assert recorder(ids, step) is step  # the scores go on untouched
+        assert recorder.pending.shape == step.shape and all(step.shape == (tokens.shape[0],) for step in recorder.steps)
+        ids = torch.cat([ids, tokens[:, t, None]], dim=1)
+
+
+def test_sampled_logprobs_hold_one_step_and_drop_an_undone_one():
+    torch.manual_seed(0)
+    scores, tokens = torch.randn(4, 2, 50), torch.randint(0, 50, (2, 4))  # 4 steps, batch 2, vocabulary 50
+    expected = torch.log_softmax(scores / 0.7, dim=-1).gather(-1, tokens.T[..., None]).squeeze(-1).T
+    recorder = SampledLogprobs(0.7)
+    record(recorder, scores, tokens, calls=4)
+    torch.testing.assert_close(recorder.logps(tokens), expected)
+    assert recorder.pending is None and recorder.steps == []
+    # generate may run one step more than it returns (a deferred stop check), then undo it
+    recorder = SampledLogprobs(0.7)
+    record(recorder, scores, tokens, calls=4)
+    torch.testing.assert_close(recorder.logps(tokens[:, :3]), expected[:, :3])
+
+
+def test_processors_that_would_run_before_the_recorder_are_named(model_dir):
+    assert processors_before_recorder(HFEngine(model_dir).model.generation_config) == []
+    assert processors_before_recorder(GenerationConfig(temperature=0.6, top_k=20, top_p=0.95)) == []  # warpers run after it
+    assert processors_before_recorder(GenerationConfig(repetition_penalty=1.1, min_new_tokens=4)) == ["repetition_penalty", "min_new_tokens"]
+
+
+def test_generation_memory_benchmark_smoke(tmp_path):
+    """benchmarks/generation_memory.py --smoke: both paths run, each in its own process, and agree;
+    the numbers mean nothing at these shapes."""
+    out = tmp_path / "generation_memory.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "generation_memory.py"), "--smoke", "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert sorted(r["path"] for r in results) == ["stored_logits", "streamed"]
+    for r in results:
+        assert r["steps"] == r["new_tokens"] and r["peak_bytes"] > 0 and r["seconds"] > 0
+        assert r["same_ids_as_stored_logits"] and r["max_abs_logp_diff"] <= 1e-5
+    assert "stored_logits" in done.stdout and "growth MiB" in done.stdout
