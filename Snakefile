@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from rosd.config import ConfigError, check
+from rosd.config import ConfigError, check, check_methods, check_names
 
 min_version("8.0")
 # Snakemake builds the DAG recursively; long chains of rounds need a deeper stack (SPEC §6).
@@ -21,6 +21,11 @@ try:
 except ConfigError as error:
     sys.exit(str(error))
 validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    check_methods(config)  # each method's preset + overrides, once the defaults are filled in
+    check_names(config)  # targets, benchmarks and a local model directory, before any job
+except ConfigError as error:
+    sys.exit(str(error))
 
 
 include: "workflow/rules/common.smk"
@@ -32,6 +37,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -238,6 +240,33 @@ addEventListener("load", () => {
   document.body.appendChild(out);
 });
 </script>"""
+
+
+TABLES = ["comparison.html", "comparison.csv", "comparison.md", "localization.csv", "rounds.csv", "evals.csv"]
+
+
+@pytest.fixture(scope="module")
+def report_zip(pipeline, overlay) -> Path:
+    workdir, _ = pipeline
+    out = workdir / "report.zip"
+    run(workdir, "--report", str(out), configs=[overlay])
+    return out
+
+
+def test_report_zip_holds_every_result_with_a_category_and_a_caption(report_zip):
+    with zipfile.ZipFile(report_zip) as archive:
+        assert archive.testzip() is None
+        names = archive.namelist()
+        page = archive.read("report/report.html").decode()
+    assert {Path(n).name for n in names if n.startswith("report/data/raw/")} == {*PLOTS, *TABLES}
+    results = _report_results(page)
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", page).group(1))
+    filed = {path for sub in categories.values() for paths in sub.values() for path in paths}
+    assert sorted(Path(p).name for p in results) == sorted([*PLOTS, *TABLES])
+    for path, entry in results.items():
+        assert path in filed, f"{path} has no category"
+        assert html.unescape(entry["caption"]).strip(), f"{path} has no caption"
+    assert set(categories) == {"Comparison", "Data", "Plots"}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

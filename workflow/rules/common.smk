@@ -1,14 +1,18 @@
 # Paths, the experiment matrix and each stage's settings. A stage's settings hold only the config
 # keys it reads, so changing (say) an evaluation setting reruns evaluation and nothing upstream.
+import functools
 import json
+import sys
 
-from rosd.methods import needs_reflection, resolve, trains
+from rosd.methods import evaluation_rounds, needs_reflection, resolve, trains
+from rosd.planning import local_train_rows, planned_steps, rounds_for
 
 EXP = f"results/{config['experiment']}"
-RUN = EXP + "/runs/{method}/{target}/seed{seed}"
-ROUND = RUN + "/round{round}"
-EVAL = EXP + "/eval/{method}/{target}/seed{seed}/round{round}/{benchmark}"
-THETA0 = EXP + "/models/theta0"
+# Path templates: f-strings whose values carry the wildcards, so literal braces here are doubled.
+RUN = f"{EXP}/runs/{{method}}/{{target}}/seed{{seed}}"
+ROUND = f"{RUN}/round{{round}}"
+EVAL = f"{EXP}/eval/{{method}}/{{target}}/seed{{seed}}/round{{round}}/{{benchmark}}"
+THETA0 = f"{EXP}/models/theta0"
 TRAINED = [m for m in config["methods"] if trains(resolve(config, m))]
 
 
@@ -23,33 +27,118 @@ def checkpoint_dir(method, target, seed, round):
     """Checkpoint r of a run; checkpoint 0 is θ0."""
     if int(round) == 0:
         return THETA0
-    return ROUND.format(method=method, target=target, seed=seed, round=round) + "/checkpoint"
+    return f"{ROUND}/checkpoint".format(method=method, target=target, seed=seed, round=round)
 
 
-def evaluated_rounds():
-    last = config["rounds"]
-    return range(1, last + 1) if config["evaluation"]["rounds"] == "all" else [last]
+# The input functions of the rules (Snakemake's linter wants functions here, not among the rules).
+def previous_checkpoint(wildcards):
+    """Checkpoint r-1: the model a round starts from (rollouts, reflect, the student, distill)."""
+    return checkpoint_dir(wildcards.method, wildcards.target, wildcards.seed, int(wildcards.round) - 1)
+
+
+def teacher_input(wildcards):
+    """θ0 for a frozen teacher; otherwise the previous checkpoint, which holds the EMA or live weights."""
+    if resolve(config, wildcards.method)["teacher"] == "frozen":
+        return THETA0
+    return previous_checkpoint(wildcards)
+
+
+def evaluated_model(wildcards):
+    """The checkpoint one evaluation job reads: θ0 for method "base"."""
+    if wildcards.method == "base":
+        return THETA0
+    return checkpoint_dir(wildcards.method, wildcards.target, wildcards.seed, wildcards.round)
+
+
+def train_rows(target):
+    """Rows of a target's train split, known before any job: the world's train_size, or a local file."""
+    spec = config["data"]["datasets"].get(target)
+    if spec is None:
+        return config["data"]["train_size"]
+    if not spec.get("path"):
+        sys.exit(
+            f"config error: rounds.{target} = {{epochs: ...}} needs data.datasets.{target}.path to count its rows; give its number of rounds instead"
+        )
+    try:
+        return local_train_rows(spec["path"], spec.get("train_split", "train"))
+    except (OSError, ValueError) as error:
+        sys.exit(f"config error: rounds.{target}: cannot count the train split: {error}")
+
+
+@functools.cache
+def rounds_of(target):
+    """The number of rounds of a run on ``target``: one for all, the target's own, or its epochs."""
+    rounds, train = config["rounds"], config["train"]
+    if isinstance(rounds, int):
+        return rounds
+    if target not in rounds:
+        sys.exit(
+            f"config error: rounds has no entry for target {target!r}: give every target its rounds, or one number"
+        )
+    if isinstance(rounds[target], int):
+        return rounds[target]
+    steps = planned_steps(train_rows(target), train["batch_prompts"], rounds[target]["epochs"])
+    return rounds_for(steps, train["steps_per_round"])
+
+
+def evaluated_rounds(method, target):
+    """Rounds whose checkpoint is evaluated: every `evaluation.every_steps` steps and the last one
+    (θ0, before training, is evaluated as "base")."""
+    steps_per_round = resolve(config, method)["train"]["steps_per_round"]
+    return evaluation_rounds(rounds_of(target), steps_per_round, config["evaluation"]["every_steps"])
+
+
+def data_settings(name):
+    """The data keys one prepare_data job reads: its own data.datasets entry when it has one, so
+    adding or changing another dataset never reruns this one (nor the training that reads it)."""
+    data = config["data"]
+    settings = {key: data[key] for key in ("source", "train_size", "test_size", "seed")}
+    if name in data["datasets"]:
+        settings["datasets"] = {name: data["datasets"][name]}
+    return settings
+
+
+def evaluation_settings():
+    """What an evaluation job reads of `evaluation`: not the schedule, which only picks the jobs."""
+    return {k: v for k, v in config["evaluation"].items() if k != "every_steps"}
 
 
 def eval_summaries():
-    out = expand(EVAL + ".json", method="base", target="all", seed=config["seeds"], round=0, benchmark=config["benchmarks"])
+    out = expand(
+        f"{EVAL}.json", method="base", target="all", seed=config["seeds"], round=0, benchmark=config["benchmarks"]
+    )
     for method in TRAINED:
-        out += expand(
-            EVAL + ".json", method=method, target=config["targets"], seed=config["seeds"],
-            round=evaluated_rounds(), benchmark=config["benchmarks"],
-        )
+        for target in config["targets"]:
+            out += expand(
+                f"{EVAL}.json",
+                method=method,
+                target=target,
+                seed=config["seeds"],
+                round=evaluated_rounds(method, target),
+                benchmark=config["benchmarks"],
+            )
     return out
 
 
 def round_metrics():
-    return expand(ROUND + "/metrics.json", method=TRAINED, target=config["targets"], seed=config["seeds"], round=range(1, config["rounds"] + 1))
+    return [
+        path
+        for target in config["targets"]
+        for path in expand(
+            f"{ROUND}/metrics.json",
+            method=TRAINED,
+            target=target,
+            seed=config["seeds"],
+            round=range(1, rounds_of(target) + 1),
+        )
+    ]
 
 
 def final_outputs():
     # the tables and every plot; called from `rule all`, after report.smk has defined rule plots
-    out = [EXP + "/tables/comparison.md", *rules.plots.output]
+    out = [f"{EXP}/tables/comparison.md", *rules.plots.output]
     if config["tracking"]["mlflow"]:
-        out.append(EXP + "/mlflow.ingested.json")
+        out.append(f"{EXP}/mlflow.ingested.json")
     return out
 
 
@@ -67,8 +156,17 @@ def pick(settings, keys):
     return {k: settings[k] for k in keys if k in settings}
 
 
-SAMPLING_KEYS = ("batch_prompts", "rollouts_per_prompt", "steps_per_round", "temperature", "top_p", "max_new_tokens")
-FILTER_KEYS = ("group_filter", "skip_no_success", "sibling")
+SAMPLING_KEYS = (
+    "batch_prompts",
+    "rollouts_per_prompt",
+    "steps_per_round",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+)
+# What the reflect stage reads of train: the group filter and sibling choice, the teacher prompt's cap.
+REFLECT_KEYS = ("group_filter", "skip_no_success", "sibling", "teacher_prompt_max_tokens")
 
 
 def stage_settings(stage, wildcards):
@@ -80,11 +178,18 @@ def stage_settings(stage, wildcards):
     if stage == "rollouts":
         return as_json({**common, "generation": config["generation"], "train": pick(train, SAMPLING_KEYS)})
     if stage == "reflect":
-        reflect = {"train": pick(train, FILTER_KEYS), "method": pick(method, ("objective", "teacher_context", "mask"))}
+        reflect = {"train": pick(train, REFLECT_KEYS), "method": pick(method, ("objective", "teacher_context", "mask"))}
         if needs_reflection(method):
             reflect.update(reflection=config["reflection"], generation=config["generation"])
         return as_json({**common, **reflect})
+    if stage == "grade":
+        return as_json({"grading": config["grading"]})
     if stage == "teacher":
-        teacher = {"method": pick(method, ("objective", "teacher", "loss")), "train": pick(train, ("temperature", "micro_batch", "token_chunk"))}
+        teacher = {
+            "method": pick(method, ("objective", "teacher", "loss")),
+            "train": pick(train, ("temperature", "micro_batch", "token_chunk")),
+        }
         return as_json({**common, **teacher})
-    return as_json({**common, "method": method, "train": train, "method_name": wildcards.method, "target": wildcards.target})
+    return as_json(
+        {**common, "method": method, "train": train, "method_name": wildcards.method, "target": wildcards.target}
+    )

@@ -16,11 +16,22 @@ ACCELERATE_CONFIG = os.path.join(workflow.basedir, "config", "accelerate_fsdp.ya
 # The --use-conda environments install this checkout (workflow/envs/*.post-deploy.sh).
 os.environ.setdefault("ROSD_SOURCE", workflow.basedir)
 
+# Adapters whose rows carry no reference solution: an opsd teacher would read a bare prompt.
+NO_REFERENCE_SOLUTIONS = ("sciknoweval", "tooluse", "reasoning_gym")
+
 # Stop before any job on settings the trainer cannot run (one line, like a config error).
 for _method in TRAINED:
     _settings = resolve(config, _method)
     if _problem := unsupported(_settings, _settings["train"]):
         sys.exit(f"config error: {_problem}")
+    if _settings["teacher_context"] == "reference":
+        for _target in config["targets"]:
+            _adapter = config["data"]["datasets"].get(_target, {}).get("adapter")
+            if _adapter in NO_REFERENCE_SOLUTIONS:
+                sys.exit(
+                    f"config error: method {_method} reads the dataset's reference solution, and target {_target}"
+                    f" ({_adapter}) has none; drop {_method} or the target (sdpo uses a sibling rollout instead)"
+                )
 
 
 def gpus(stage):
@@ -33,6 +44,11 @@ def gpus(stage):
     if stage == "training" and config["train"]["launcher"] == "accelerate":
         return config["train"]["num_processes"]
     return 1
+
+
+def gpu_command(*parts):
+    """A GPU rule's shell command (its parts joined), run through the GPU pool (GPU_POOL above)."""
+    return "".join((GPU_POOL, *parts))
 
 
 def conda_env(stage):

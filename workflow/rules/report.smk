@@ -1,6 +1,7 @@
 # Tables, plots and MLflow: the only rules that read across runs. One rule writes the MLflow store,
 # so parallel jobs never contend for its SQLite file (SPEC §6). Files marked report(...) go into
-# `snakemake --report report.html`; captions are in workflow/report/.
+# `snakemake --report report.html` (or report.zip); captions, which say how to read each file, are in
+# workflow/report/.
 
 
 rule aggregate:
@@ -8,52 +9,102 @@ rule aggregate:
         eval_summaries(),
         round_metrics(),
     output:
-        report(EXP + "/tables/comparison.md", caption="../report/comparison_files.rst", category="Comparison", labels={"table": "comparison (Markdown)"}),
-        report(EXP + "/tables/comparison.csv", caption="../report/comparison_files.rst", category="Comparison", labels={"table": "comparison (CSV)"}),
-        report(EXP + "/tables/localization.csv", caption="../report/comparison_files.rst", category="Comparison", labels={"table": "localization (CSV)"}),
-        EXP + "/tables/rounds.csv",
-        EXP + "/tables/evals.csv",
+        report(
+            f"{EXP}/tables/comparison.md",
+            caption="../report/comparison_md.rst",
+            category="Comparison",
+            labels={"table": "comparison (Markdown)"},
+        ),
+        report(
+            f"{EXP}/tables/comparison.csv",
+            caption="../report/comparison_csv.rst",
+            category="Comparison",
+            labels={"table": "comparison (CSV)"},
+        ),
+        report(
+            f"{EXP}/tables/localization.csv",
+            caption="../report/localization_csv.rst",
+            category="Comparison",
+            labels={"table": "localization (CSV)"},
+        ),
+        report(
+            f"{EXP}/tables/rounds.csv",
+            caption="../report/rounds_csv.rst",
+            category="Data",
+            labels={"table": "round metrics (CSV)"},
+        ),
+        report(
+            f"{EXP}/tables/evals.csv",
+            caption="../report/evals_csv.rst",
+            category="Data",
+            labels={"table": "evaluations (CSV)"},
+        ),
     log:
-        EXP + "/logs/aggregate.log",
+        f"{EXP}/logs/aggregate.log",
     conda:
         "../envs/cpu.yaml"
     shell:
-        "rosd aggregate --exp-dir " + EXP + " --out-dir " + EXP + "/tables 2> {log}"
+        f"rosd --log {{log}} aggregate --exp-dir {EXP} --out-dir {EXP}/tables"
 
 
 rule plots:
     input:
-        rounds=EXP + "/tables/rounds.csv",
-        evals=EXP + "/tables/evals.csv",
-        comparison=EXP + "/tables/comparison.csv",
-        localization=EXP + "/tables/localization.csv",
+        rounds=f"{EXP}/tables/rounds.csv",
+        evals=f"{EXP}/tables/evals.csv",
+        comparison=f"{EXP}/tables/comparison.csv",
+        localization=f"{EXP}/tables/localization.csv",
     output:
         # the file names inside plots/ are fixed by rosd.plots.write_plots
-        report(EXP + "/plots/heatmap.png", caption="../report/heatmap.rst", category="Plots", labels={"figure": "final mean@k heatmap"}),
-        report(EXP + "/plots/learning_curves.png", caption="../report/learning_curves.rst", category="Plots", labels={"figure": "learning curves"}),
-        report(EXP + "/plots/pass_at_k.png", caption="../report/pass_at_k.rst", category="Plots", labels={"figure": "pass@k"}),
-        report(EXP + "/plots/localization.png", caption="../report/localization.rst", category="Plots", labels={"figure": "localization per round"}),
-        page=report(EXP + "/tables/comparison.html", caption="../report/comparison.rst", category="Comparison", labels={"table": "comparison and localization"}),
+        report(
+            f"{EXP}/plots/heatmap.png",
+            caption="../report/heatmap.rst",
+            category="Plots",
+            labels={"figure": "final mean@k heatmap"},
+        ),
+        report(
+            f"{EXP}/plots/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Plots",
+            labels={"figure": "learning curves"},
+        ),
+        report(
+            f"{EXP}/plots/pass_at_k.png",
+            caption="../report/pass_at_k.rst",
+            category="Plots",
+            labels={"figure": "pass@k"},
+        ),
+        report(
+            f"{EXP}/plots/localization.png",
+            caption="../report/localization.rst",
+            category="Plots",
+            labels={"figure": "localization per round"},
+        ),
+        page=report(
+            f"{EXP}/tables/comparison.html",
+            caption="../report/comparison.rst",
+            category="Comparison",
+            labels={"table": "comparison and localization"},
+        ),
     log:
-        EXP + "/logs/plots.log",
+        f"{EXP}/logs/plots.log",
     conda:
         "../envs/cpu.yaml"
     shell:
-        "rosd plots --rounds {input.rounds} --evals {input.evals} --comparison {input.comparison}"
-        " --localization-table {input.localization} --out-dir " + EXP + "/plots --out-page {output.page} 2> {log}"
+        "rosd --log {log} plots --rounds {input.rounds} --evals {input.evals} --comparison {input.comparison}"
+        f" --localization-table {{input.localization}} --out-dir {EXP}/plots --out-page {{output.page}}"
 
 
 rule track:
     input:
-        EXP + "/tables/comparison.csv",
+        f"{EXP}/tables/comparison.csv",
     output:
-        EXP + "/mlflow.ingested.json",
+        f"{EXP}/mlflow.ingested.json",
+    log:
+        f"{EXP}/logs/track.log",
+    conda:
+        "../envs/cpu.yaml"
     params:
         # A function, so Snakemake does not read the braces of config values (\boxed{}) as wildcards.
         config=lambda w: as_json(config),
-    log:
-        EXP + "/logs/track.log",
-    conda:
-        "../envs/cpu.yaml"
     shell:
-        "rosd track --exp-dir " + EXP + " --config {params.config:q} --out {output} 2> {log}"
+        f"rosd --log {{log}} track --exp-dir {EXP} --config {{params.config:q}} --out {{output}}"

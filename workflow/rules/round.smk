@@ -1,110 +1,110 @@
 # One training round r of a (method, target, seed) run: checkpoint r-1 -> checkpoint r (SPEC §2).
 
 
-def previous_checkpoint(wildcards):
-    return checkpoint_dir(wildcards.method, wildcards.target, wildcards.seed, int(wildcards.round) - 1)
-
-
 rule rollouts:
     input:
         model=previous_checkpoint,
-        data=EXP + "/data/train/{target}.jsonl",
+        data=f"{EXP}/data/train/{{target}}.jsonl",
     output:
-        ROUND + "/rollouts.jsonl",
-    params:
-        settings=lambda w: stage_settings("rollouts", w),
+        f"{ROUND}/rollouts.jsonl",
     log:
-        ROUND + "/logs/rollouts.log",
+        f"{ROUND}/logs/rollouts.log",
     benchmark:
-        ROUND + "/benchmarks/rollouts.tsv"
-    resources:
-        gpu=gpus("generation"),
+        f"{ROUND}/benchmarks/rollouts.tsv"
     conda:
         conda_env("generation")
+    resources:
+        gpu=gpus("generation"),
+    params:
+        settings=lambda w: stage_settings("rollouts", w),
     shell:
-        GPU_POOL + "rosd rollouts --model {input.model} --data {input.data} --out {output} --settings {params.settings:q} 2> {log}"
+        gpu_command(
+            "rosd --log {log} rollouts --model {input.model} --data {input.data} --out {output} --settings {params.settings:q}"
+        )
 
 
 rule grade:
     input:
-        ROUND + "/rollouts.jsonl",
+        f"{ROUND}/rollouts.jsonl",
     output:
-        ROUND + "/graded.jsonl",
+        f"{ROUND}/graded.jsonl",
     log:
-        ROUND + "/logs/grade.log",
+        f"{ROUND}/logs/grade.log",
     conda:
         "../envs/cpu.yaml"
+    params:
+        settings=lambda w: stage_settings("grade", w),
     shell:
-        "rosd grade --rollouts {input} --out {output} 2> {log}"
+        "rosd --log {log} grade --rollouts {input} --out {output} --settings {params.settings:q}"
 
 
 rule reflect:
     input:
         model=previous_checkpoint,
-        graded=ROUND + "/graded.jsonl",
+        graded=f"{ROUND}/graded.jsonl",
     output:
-        ROUND + "/reflections.jsonl",
-    params:
-        settings=lambda w: stage_settings("reflect", w),
+        f"{ROUND}/reflections.jsonl",
     log:
-        ROUND + "/logs/reflect.log",
+        f"{ROUND}/logs/reflect.log",
     benchmark:
-        ROUND + "/benchmarks/reflect.tsv"
-    resources:
-        gpu=gpus("generation"),
+        f"{ROUND}/benchmarks/reflect.tsv"
     conda:
         conda_env("generation")
+    resources:
+        gpu=gpus("generation"),
+    params:
+        settings=lambda w: stage_settings("reflect", w),
     shell:
-        GPU_POOL + "rosd reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q} 2> {log}"
-
-
-def teacher_input(wildcards):
-    """θ0 for a frozen teacher; otherwise the previous checkpoint, which holds the EMA or live weights."""
-    if resolve(config, wildcards.method)["teacher"] == "frozen":
-        return THETA0
-    return previous_checkpoint(wildcards)
+        gpu_command(
+            "rosd --log {log} reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q}"
+        )
 
 
 rule teacher_score:
     input:
         teacher=teacher_input,
         student=previous_checkpoint,
-        reflections=ROUND + "/reflections.jsonl",
+        reflections=f"{ROUND}/reflections.jsonl",
     output:
-        ROUND + "/teacher.pt",
-    params:
-        settings=lambda w: stage_settings("teacher", w),
+        f"{ROUND}/teacher.pt",
     log:
-        ROUND + "/logs/teacher_score.log",
+        f"{ROUND}/logs/teacher_score.log",
     benchmark:
-        ROUND + "/benchmarks/teacher_score.tsv"
-    resources:
-        gpu=gpus("scoring"),
+        f"{ROUND}/benchmarks/teacher_score.tsv"
     conda:
         conda_env("scoring")
+    resources:
+        gpu=gpus("scoring"),
+    params:
+        settings=lambda w: stage_settings("teacher", w),
     shell:
-        GPU_POOL + "rosd teacher-score --teacher {input.teacher} --student {input.student} --reflections {input.reflections}"
-        " --out {output} --settings {params.settings:q} 2> {log}"
+        gpu_command(
+            "rosd --log {log} teacher-score --teacher {input.teacher} --student {input.student} --reflections {input.reflections}"
+            " --out {output} --settings {params.settings:q}"
+        )
 
 
 rule distill:
     input:
         model=previous_checkpoint,
-        reflections=ROUND + "/reflections.jsonl",
-        teacher_scores=ROUND + "/teacher.pt",
+        reflections=f"{ROUND}/reflections.jsonl",
+        teacher_scores=f"{ROUND}/teacher.pt",
     output:
-        model=directory(ROUND + "/checkpoint"),
-        metrics=ROUND + "/metrics.json",
-    params:
-        settings=lambda w: stage_settings("distill", w),
+        model=directory(f"{ROUND}/checkpoint"),
+        metrics=f"{ROUND}/metrics.json",
     log:
-        ROUND + "/logs/distill.log",
+        f"{ROUND}/logs/distill.log",
     benchmark:
-        ROUND + "/benchmarks/distill.tsv"
-    resources:
-        gpu=gpus("training"),
+        f"{ROUND}/benchmarks/distill.tsv"
     conda:
         conda_env("training")
+    resources:
+        gpu=gpus("training"),
+    params:
+        settings=lambda w: stage_settings("distill", w),
     shell:
-        GPU_POOL + trainer() + " distill --model {input.model} --reflections {input.reflections} --teacher-scores {input.teacher_scores}"
-        " --out-model {output.model} --out-metrics {output.metrics} --settings {params.settings:q} 2> {log}"
+        gpu_command(
+            trainer(),
+            " --log {log} distill --model {input.model} --reflections {input.reflections} --teacher-scores {input.teacher_scores}"
+            " --out-model {output.model} --out-metrics {output.metrics} --settings {params.settings:q}",
+        )
