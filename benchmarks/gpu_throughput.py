@@ -44,7 +44,7 @@ FULL = {"rollouts": (64, 256, 256), "scoring": (64, 512, 512, 8), "training": (3
 SMOKE = {"rollouts": (4, 16, 16), "scoring": (4, 16, 16, 2), "training": (4, 16, 16, 2), "train_steps": 1}
 
 METHOD = {"objective": "distill", "loss": {"support": "topk_tail", "topk": 100, "alpha": 0.5}}
-TRAIN = {"lr": 1e-5, "warmup_steps": 10, "weight_decay": 0.01, "grad_clip": 1.0, "reduction": "micro_batch",
+TRAIN = {"lr": 1e-5, "warmup_steps": 10, "weight_decay": 0.01, "grad_clip": 1.0, "reduction": "reference",
          "is_clip": 2.0, "temperature": 1.0, "token_chunk": 1024}
 
 
@@ -88,7 +88,7 @@ def measure_rollouts(model_dir: Path, device: str, sizes: tuple, vocab: int) -> 
 
 def rollout_rows(n: int, prompt_len: int, response_len: int, vocab: int) -> list[dict]:
     return [
-        {"prompt_ids": p, "teacher_prompt_ids": t, "response_ids": r, "loss_start": 0, "sampler_logps": [-1.0] * response_len}
+        {"prompt_ids": p, "teacher_prompt_ids": t, "response_ids": r, "loss_start": 0, "distilled": True, "sampler_logps": [-1.0] * response_len}
         for p, t, r in zip(random_ids(n, prompt_len, vocab), random_ids(n, prompt_len, vocab), random_ids(n, response_len, vocab))
     ]
 

@@ -29,24 +29,105 @@ def _allowed(error: jsonschema.ValidationError) -> str:
         return f"a number {sign} {schema[kind]}"
     if kind == "additionalProperties":
         return ", ".join(sorted(schema.get("properties", {})))
+    if kind == "pattern":
+        return schema.get("pattern_description", f"matching {schema['pattern']}")
+    if kind in ("oneOf", "anyOf"):
+        # The branch of the right type says what is wrong (rounds: 0 is an integer below 1);
+        # when no branch has the right type, say which types are allowed.
+        fitting = [e for e in error.context if e.validator != "type" and not e.relative_path]
+        if fitting:
+            return _allowed(fitting[0])
+        return " or ".join(f"of type {branch.get('type', 'object')}" for branch in schema[kind])
     return error.message
 
 
-def _key(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+def _lines(validator, instance, where: str = "") -> list[str]:
+    """One line per error; ``where`` names the instance inside the config (``a.b``, or "")."""
+    lines = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
+        path = ".".join([where, *map(str, error.absolute_path)]).strip(".")
+        key = path or "<top level>"
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            prefix = path + "." if path else ""
+            lines.append(f"config error: unknown key {prefix}{extra[0]}: allowed are {_allowed(error)}")
+        else:
+            hint = ""
+            if error.validator == "type" and isinstance(error.instance, str) and "object" in str(error.schema.get("type")):
+                # Snakemake's --config reads "loss={...}" as a string: nested keys need a file.
+                hint = " (a mapping cannot be given with --config KEY=VALUE: put it in a YAML file and add it with --configfile)"
+            lines.append(f"config error: {key} = {error.instance!r}: must be {_allowed(error)}{hint}")
+    return lines
+
+
+def _schema(schema_path: Path) -> dict:
+    return yaml.safe_load(Path(schema_path).read_text())
 
 
 def check(config: dict, schema_path: Path = SCHEMA) -> None:
     """Raise ConfigError with one line per invalid value (all of them, sorted by key)."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    lines = []
-    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
-        if error.validator == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            prefix = _key(error) + "." if error.absolute_path else ""
-            lines.append(f"config error: unknown key {prefix}{extra[0]}: allowed are {_allowed(error)}")
-        else:
-            lines.append(f"config error: {_key(error)} = {error.instance!r}: must be {_allowed(error)}")
+    lines = _lines(jsonschema.Draft202012Validator(_schema(schema_path)), config)
     if lines:
         raise ConfigError("\n".join(lines))
+
+
+def check_methods(config: dict, schema_path: Path = SCHEMA) -> None:
+    """Raise ConfigError unless every method's resolved settings (preset + method_overrides, on a
+    config whose defaults are filled in) satisfy ``$defs/method_settings``: a typo in an override
+    must stop the run, not change the method."""
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    from rosd.methods import resolve
+
+    registry = Registry().with_resource("urn:rosd-config", Resource.from_contents(_schema(schema_path), default_specification=DRAFT202012))
+    validator = jsonschema.Draft202012Validator({"$ref": "urn:rosd-config#/$defs/method_settings"}, registry=registry)
+    lines = []
+    for method in dict.fromkeys([*config["methods"], *config["method_overrides"]]):
+        lines += _lines(validator, resolve(config, method), where=f"method_overrides.{method}")
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
+def check_names(config: dict) -> None:
+    """Raise ConfigError unless every target and benchmark names a world family or a
+    ``data.datasets`` entry, and a local ``model.path`` holds a config and a tokenizer that loads."""
+    from rosd.world.tasks import FAMILIES
+
+    known = sorted({*FAMILIES, *config["data"]["datasets"]})
+    lines = [
+        f"config error: {key}.{i} = {name!r}: must be a world task family or a data.datasets entry: {', '.join(known)}"
+        for key in ("targets", "benchmarks")
+        for i, name in enumerate(config[key])
+        if name not in known
+    ]
+    model = config["model"]
+    if model["init"] == "path" and model["path"] and not model["gguf_file"] and Path(model["path"]).exists():
+        if problem := _model_dir_problem(Path(model["path"])):
+            lines.append(f"config error: model.path = {model['path']!r}: {problem}")
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
+def _model_dir_problem(path: Path) -> str | None:
+    """Why a local model directory cannot serve as θ0 (None when it can)."""
+    import json
+
+    config_file = path / "config.json"
+    try:
+        if not isinstance(json.loads(config_file.read_text()), dict):
+            return "its config.json is not a JSON object"
+    except FileNotFoundError:
+        return "no config.json in it (a Hugging Face model directory is expected)"
+    except (OSError, ValueError) as error:
+        return f"its config.json does not parse ({error})"
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as error:  # transformers raises many kinds for a missing or broken tokenizer
+        return f"its tokenizer does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+    # transformers 5 builds an empty tokenizer when the files are missing: it must encode text.
+    if not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        return "its tokenizer does not load: no tokenizer files (tokenizer.json or vocabulary) in the directory"
+    return None

@@ -64,11 +64,20 @@ def sampled_token_reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Ten
 
 
 def clipped_policy_gradient(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None = None,
 ) -> torch.Tensor:
-    """Per-token PPO/GRPO surrogate −min(r·A, clip(r, 1−low, 1+high)·A) with r = exp(logp − old)."""
-    ratio = torch.exp(logp - old_logp)
-    return -torch.minimum(ratio * advantages, ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages)
+    """Per-token PPO/GRPO surrogate max(−r·A, −clip(r, 1−low, 1+high)·A), r = exp(logp − old) with
+    the log-ratio bounded to ±20 (ref); with ``dual_clip`` c, tokens with A < 0 are capped at −c·A."""
+    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+    clipped = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+    if dual_clip is None:
+        return clipped
+    return torch.where(advantages < 0, torch.minimum(clipped, -advantages * dual_clip), clipped)
 
 
 def importance_weights(train_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float | None) -> torch.Tensor:

@@ -20,6 +20,7 @@ import atexit
 import collections
 import importlib.util
 import json
+import logging
 import os
 import select
 import subprocess
@@ -33,15 +34,41 @@ READY = "ready"  # a worker's first line, once it can take requests
 WORKER_COMMAND = [sys.executable, "-m", "rosd.mathverify"]
 
 
-def equivalent(gold: str, predicted: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """math-verify's verdict on two boxed-answer strings. Runs in a worker process."""
+def equivalent(gold: str, predicted: str, timeout: float = DEFAULT_TIMEOUT, *, rebox: bool = True) -> bool | None:
+    """math-verify's verdict on two answer strings: True or False, or None when it is not
+    equivalent and one of math-verify's timed phases ran out of time. Runs in a worker process
+    (math-verify's timeouts are signals).
+
+    ``rebox`` wraps each string in ``\\boxed{}`` first, so that math-verify reads it as LaTeX, as it
+    reads a model's answer (the lenient grading); ``rebox=False`` hands over the bare strings, as the
+    reference verifier does (some bare LaTeX, e.g. ``\\dfrac{\\sqrt{3}}{2}``, then parses to nothing).
+    """
     from math_verify import parse, verify
 
     seconds = max(1, round(timeout))  # math-verify's alarm takes whole seconds
-    # Re-boxing makes math-verify read the text as LaTeX first, as it reads a model's answer.
-    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=seconds)
-    predicted_parsed = parse(f"\\boxed{{{predicted}}}", parsing_timeout=seconds)
-    return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=seconds))
+    if rebox:
+        gold, predicted = f"\\boxed{{{gold}}}", f"\\boxed{{{predicted}}}"
+    # math-verify swallows its own timeouts (it logs a warning and reads the phase as failed):
+    # watch its log to tell a timeout from a plain "not equivalent".
+    watch = _TimeoutWatch()
+    logging.getLogger("math_verify").addHandler(watch)
+    try:
+        gold_parsed = parse(gold, parsing_timeout=seconds)
+        predicted_parsed = parse(predicted, parsing_timeout=seconds)
+        same = bool(verify(gold_parsed, predicted_parsed, timeout_seconds=seconds))
+    finally:
+        logging.getLogger("math_verify").removeHandler(watch)
+    return None if watch.seen and not same else same
+
+
+class _TimeoutWatch(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Timeout"):
+            self.seen = True
 
 
 class _Worker:
@@ -145,29 +172,41 @@ def _shared_pool() -> CheckPool:
     return _shared
 
 
-def equivalent_many(pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT) -> list[bool]:
-    """math-verify's verdict for each (gold, predicted) pair; False for a check that hung or crashed.
+def check_many(
+    pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT, *, rebox: bool = True
+) -> list[bool | None]:
+    """math-verify's verdict for each (gold, predicted) pair, or None for a check that timed out
+    (math-verify's own timeout, or the outer deadline) or whose worker crashed.
 
     The outer deadline covers math-verify's three timed phases (two parses, one comparison) plus
-    a second of slack, so it fires only when math-verify's own timeouts could not.
+    a second of slack, so it fires only when math-verify's own timeouts could not. ``rebox``: see
+    `equivalent`.
     """
     if not pairs:
         return []
-    requests = [[gold, predicted, timeout] for gold, predicted in pairs]
-    return [bool(r) for r in _shared_pool().run(requests, deadline=3 * timeout + 1.0)]
+    requests = [[gold, predicted, timeout, rebox] for gold, predicted in pairs]
+    return _shared_pool().run(requests, deadline=3 * timeout + 1.0)
+
+
+def equivalent_many(
+    pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT, *, rebox: bool = True
+) -> list[bool]:
+    """`check_many` with a check that hung, timed out or crashed read as False."""
+    return [bool(r) for r in check_many(pairs, timeout, rebox=rebox)]
 
 
 def _serve() -> None:
-    """Worker loop: [gold, predicted, timeout] per line in, the verdict per line out."""
+    """Worker loop: [gold, predicted, timeout(, rebox)] per line in, the verdict per line out
+    (true, false, or null when math-verify's own timeout fired)."""
     protocol, sys.stdout = sys.stdout, sys.stderr  # nothing but answers may reach the protocol stream
     import math_verify  # noqa: F401  (imported before READY, so no request's deadline pays for it)
 
     print(READY, file=protocol, flush=True)
     for line in sys.stdin:
-        gold, predicted, timeout = json.loads(line)
+        gold, predicted, timeout, *rest = json.loads(line)
         try:
-            verdict = equivalent(gold, predicted, timeout)
-        except Exception:  # an input math-verify cannot handle is not an equivalent answer
+            verdict = equivalent(gold, predicted, timeout, rebox=bool(rest[0]) if rest else True)
+        except Exception:  # noqa: BLE001  (never let one input stop the worker)
             verdict = False
         print(json.dumps(verdict), file=protocol, flush=True)
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_QUOTE = re.compile(r"<error_quote>(.*?)</error_quote>", re.IGNORECASE | re.DOTALL)
-# The reference spells the tag "explaination"; accept the correct spelling too.
-_EXPLANATION = re.compile(r"<expla(?:i)?nation>(.*?)</expla(?:i)?nation>", re.IGNORECASE | re.DOTALL)
+def _tag(name: str) -> re.Pattern:
+    return re.compile(rf"<{name}>(.*?)</{name}>", re.IGNORECASE | re.DOTALL)
+
+
+_QUOTE = _tag("error_quote")
+# The reference's order: its own spelling "explaination", then "explanation" (the tag its prompts
+# ask for), then "reflection"; each searched on its own, an empty match falls through to the next.
+_EXPLANATION_TAGS = tuple(_tag(name) for name in ("explaination", "explanation", "reflection"))
 
 
 @dataclass(frozen=True)
@@ -29,8 +34,10 @@ def _first(pattern: re.Pattern, text: str) -> str | None:
 
 
 def parse_reflection(text: str) -> Reflection:
-    """First matching tag of each kind, case-insensitive, stripped; empty counts as absent."""
-    return Reflection(error_quote=_first(_QUOTE, text), explanation=_first(_EXPLANATION, text))
+    """The first ``<error_quote>`` and the first non-empty explanation tag (see above),
+    case-insensitive, stripped; empty counts as absent."""
+    explanation = next((found for pattern in _EXPLANATION_TAGS if (found := _first(pattern, text))), None)
+    return Reflection(error_quote=_first(_QUOTE, text), explanation=explanation)
 
 
 def find_quote(response: str, quote: str | None) -> int | None:

@@ -91,6 +91,9 @@ class SingleProcess:
         with autocast:
             return fn(self.student, *args, **kwargs)
 
+    def parameters(self):
+        return self.student.parameters()
+
     def clip_grad_norm(self, max_norm: float) -> float:
         return float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), max_norm))
 
@@ -157,6 +160,9 @@ class Accelerated:
 
     def forward(self, fn, *args, **kwargs):
         return self.wrapped(fn, *args, **kwargs)
+
+    def parameters(self):
+        return self.wrapped.parameters()
 
     def clip_grad_norm(self, max_norm: float) -> float:
         norm = self.accelerator.clip_grad_norm_(self.wrapped.parameters(), max_norm)

@@ -19,9 +19,9 @@ def test_default_config_is_valid():
     [
         ({"rounds": 0}, "config error: rounds = 0: must be a number >= 1"),
         ({"loss": {"alpha": 1.5}}, "config error: loss.alpha = 1.5: must be a number <= 1"),
-        ({"methods": ["rosd", "ppo"]}, "config error: methods.1 = 'ppo': must be one of 'base', 'rosd', 'rosd_reflection_only', 'rosd_no_mask', 'sdpo', 'opsd', 'grpo'"),
+        ({"methods": ["rosd", "ppo"]}, "config error: methods.1 = 'ppo': must be one of 'base', 'rosd', 'rosd_solution_and_reflection', 'rosd_reflection_only', 'rosd_no_mask', 'sdpo', 'opsd', 'grpo'"),
         ({"train": {"lr": "fast"}}, "config error: train.lr = 'fast': must be of type number"),
-        ({"evaluation": {"sample": 4}}, "config error: unknown key evaluation.sample: allowed are max_new_tokens, rounds, samples, temperature, top_p"),
+        ({"evaluation": {"sample": 4}}, "config error: unknown key evaluation.sample: allowed are every_steps, max_new_tokens, samples, temperature, top_p"),
     ],
 )
 def test_bad_value_is_one_clear_line(change, line):
@@ -48,3 +48,96 @@ def test_every_schema_key_is_documented():
 
     undocumented = [".".join(p) for p, sub in walk(schema, []) if "description" not in sub]
     assert not undocumented, f"schema keys without a description: {undocumented}"
+
+
+def _filled(**changes) -> dict:
+    """The default config with `changes`, its defaults filled in as the Snakefile's validate does."""
+    from snakemake.utils import validate
+
+    config = {**yaml.safe_load(yaml.safe_dump(DEFAULT)), **changes}
+    validate(config, str(Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ({"rosd": {"teacher": "nonsense"}}, "config error: method_overrides.rosd.teacher = 'nonsense': must be one of 'frozen', 'ema', 'live', None"),
+        ({"rosd": {"mask": "nonsense"}}, "config error: method_overrides.rosd.mask = 'nonsense': must be one of 'first_error', 'full'"),
+        ({"rosd": {"alphaa": 0.3}}, "config error: unknown key method_overrides.rosd.alphaa: allowed are ema_rate, grpo, loss, mask, objective, teacher, teacher_context, train"),
+        ({"rosd": {"loss": {"colour": 1}}}, "config error: unknown key method_overrides.rosd.loss.colour: allowed are alpha, entry_clip, support, topk"),
+        ({"rosd": {"loss": {"support": "nonsense"}}}, "config error: method_overrides.rosd.loss.support = 'nonsense': must be one of 'topk_tail', 'full', 'sampled_token'"),
+        ({"rosd": {"loss": {"alpha": 2.0}}}, "config error: method_overrides.rosd.loss.alpha = 2.0: must be a number <= 1"),
+        ({"rosd": {"train": {"lr": -1}}}, "config error: method_overrides.rosd.train.lr = -1: must be a number > 0"),
+        ({"rosd": {"objective": "nonsense"}}, "config error: method_overrides.rosd.objective = 'nonsense': must be one of 'distill', 'grpo', None"),
+        ({"opsd": {"teacher_context": "nonsense"}}, "config error: method_overrides.opsd.teacher_context = 'nonsense': must be one of 'reflection_else_solution', 'solution_and_reflection', 'reflection', 'solution', 'reference', None"),
+        ({"grpo": {"grpo": {"clip_low": -0.2}}}, "config error: method_overrides.grpo.grpo.clip_low = -0.2: must be a number >= 0"),
+        ({"sdpo": {"ema_rate": 5}}, "config error: method_overrides.sdpo.ema_rate = 5: must be a number <= 1"),
+    ],
+)
+def test_method_overrides_are_checked_after_resolving(override, line):
+    from rosd.config import check_methods
+
+    with pytest.raises(ConfigError) as error:
+        check_methods(_filled(method_overrides=override))
+    assert str(error.value) == line
+
+
+def test_valid_overrides_and_every_preset_pass():
+    from rosd.config import check_methods
+    from rosd.methods import PRESETS
+
+    check_methods(_filled(methods=list(PRESETS), method_overrides={"rosd": {"loss": {"alpha": 1.0}}}))
+
+
+def test_an_empty_override_is_one_line():
+    with pytest.raises(ConfigError) as error:
+        check({**DEFAULT, "method_overrides": {"rosd": None}})
+    assert str(error.value) == "config error: method_overrides.rosd = None: must be of type object"
+
+
+def test_unknown_targets_and_benchmarks_are_named_before_any_job():
+    from rosd.config import check_names
+
+    with pytest.raises(ConfigError) as error:
+        check_names(_filled(targets=["maths"], benchmarks=["math", "aime24"]))
+    lines = str(error.value).splitlines()
+    assert lines == [
+        "config error: targets.0 = 'maths': must be a world task family or a data.datasets entry: math, math_long, mcq, tooluse",
+        "config error: benchmarks.1 = 'aime24': must be a world task family or a data.datasets entry: math, math_long, mcq, tooluse",
+    ]
+
+
+@pytest.mark.parametrize(
+    "files, problem",
+    [
+        ({}, "no config.json in it (a Hugging Face model directory is expected)"),
+        ({"config.json": ""}, "its config.json does not parse"),
+        ({"config.json": "[1]"}, "its config.json is not a JSON object"),
+        ({"config.json": '{"model_type": "qwen2"}'}, "its tokenizer does not load"),
+    ],
+)
+def test_a_local_model_directory_must_hold_a_config_and_a_tokenizer(tmp_path, files, problem):
+    from rosd.config import check_names
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as error:
+        check_names(_filled(model={"init": "path", "path": str(tmp_path)}))
+    assert str(error.value).startswith(f"config error: model.path = {str(tmp_path)!r}: {problem}")
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_the_shipped_model_passes_the_model_check():
+    from rosd.config import check_names
+
+    check_names(_filled(model={"init": "path", "path": str(Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0")}))
+
+
+def test_a_mapping_given_with_config_on_the_command_line_says_to_use_a_file():
+    with pytest.raises(ConfigError) as error:
+        check({**DEFAULT, "loss": '{"alpha": 0.3}'})  # what snakemake --config 'loss={"alpha": 0.3}' passes
+    assert str(error.value) == (
+        "config error: loss = '{\"alpha\": 0.3}': must be of type object (a mapping cannot be given with "
+        "--config KEY=VALUE: put it in a YAML file and add it with --configfile)"
+    )

@@ -1,9 +1,12 @@
-"""Real benchmarks through rosd.datasets, graded by rosd.grading (SPEC §4).
+"""Real benchmarks through rosd.datasets (every row via Hugging Face datasets.load_dataset), graded
+by rosd.grading (SPEC §4), and the one-line DataError for each kind of bad data.
 
 The real files live in ../shared/data (beside the checkout, never copied into it); tests that need
-them skip, with the reason, where they are absent.
+them skip, with the reason, where they are absent. datasets' cache is a temporary directory here,
+so nothing a developer has cached changes what the tests see.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rosd.datasets import SCIKNOWEVAL_DOMAINS, SCIKNOWEVAL_SYSTEM, load_benchmark, sciknoweval_split
+from rosd.datasets import SCIKNOWEVAL_DOMAINS, SCIKNOWEVAL_SYSTEM, DataError, load_benchmark, sciknoweval_split
 from rosd.grading import score
 from rosd.stages.data import init_model
 
@@ -22,6 +25,29 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real benchmark data not found at {SHARED}")
 RECORD_KEYS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
 SPLIT_SIZES = {"biology": (450, 50), "chemistry": (1890, 210), "material": (841, 94), "physics": (720, 80)}  # ../shared/data/README.md
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path_factory, monkeypatch):
+    """One datasets cache for this session's tests, not the developer's (~/.cache/huggingface)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf_datasets_cache")
+
+
+@pytest.fixture
+def load_calls(monkeypatch):
+    """Every datasets.load_dataset call rosd.datasets makes, as (args, kwargs), calls passed through."""
+    import datasets
+
+    calls, real = [], datasets.load_dataset
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    return calls
 
 
 def sciknoweval(domain: str, split: str, path=None) -> list[dict]:
@@ -33,11 +59,17 @@ def mcq_response(letter: str) -> str:
     return f"<reasoning>\nLet me think about each option.\n</reasoning>\n<answer>\n{letter}\n</answer>"
 
 
+def loaded_files(calls) -> list[tuple[str, Path]]:
+    """(builder, file) of each datasets.load_dataset call on a local file."""
+    return [(args[0], Path(kwargs["data_files"])) for args, kwargs in calls if "data_files" in kwargs]
+
+
 @needs_shared
-def test_sciknoweval_domains_stay_four_benchmarks():
+def test_sciknoweval_domains_stay_four_benchmarks(load_calls):
     seen_prompts = set()
     for domain in SCIKNOWEVAL_DOMAINS:
         train, test = sciknoweval(domain, "train"), sciknoweval(domain, "test")
+        assert loaded_files(load_calls[-2:]) == [("json", SHARED / "sciknoweval" / domain / f"{split}.jsonl") for split in ("train", "test")]
         assert (len(train), len(test)) == SPLIT_SIZES[domain]  # this domain's files, and only them
         assert {r["domain"] for r in train + test} == {f"sciknoweval_{domain}"}
         assert all(set(r) == RECORD_KEYS and r["kind"] == "mcq" and r["steps"] == [] for r in train + test)
@@ -98,15 +130,19 @@ def react_response(calls: list[dict]) -> str:
 
 
 @needs_shared
-def test_tooluse_gold_calls_grade_one_and_broken_calls_zero():
+def test_tooluse_gold_calls_grade_one_and_broken_calls_zero(load_calls):
     tasks = load_benchmark("tooluse", {"adapter": "tooluse", "path": str(SHARED / "tooluse")}, "test", {})
+    assert loaded_files(load_calls) == [("json", SHARED / "tooluse" / "test.jsonl")]
     assert len(tasks) == 68 and {t["kind"] for t in tasks} == {"tooluse"}
-    changed_arguments = 0
+    lenient = functools.partial(score, mode="lenient")
+    changed_arguments, unsolvable_under_reference = 0, 0
     for task in tasks:
         calls = json.loads(task["answer"])
-        assert score("tooluse", react_response(calls), task["answer"]) == 1.0
-        assert score("tooluse", react_response(calls[:-1]), task["answer"]) == 0.0  # a missing action
-        assert score("tooluse", react_response(calls + calls[:1]), task["answer"]) == 0.0  # an extra one
+        # SPEC §4: the reference's non-greedy {.*?} cannot read a nested input object
+        unsolvable_under_reference += score("tooluse", react_response(calls), task["answer"]) == 0.0
+        assert lenient("tooluse", react_response(calls), task["answer"]) == 1.0
+        assert lenient("tooluse", react_response(calls[:-1]), task["answer"]) == 0.0  # a missing action
+        assert lenient("tooluse", react_response(calls + calls[:1]), task["answer"]) == 0.0  # an extra one
         with_arguments = [i for i, c in enumerate(calls) if json.loads(c["Action_Input"] or "{}")]
         if with_arguments:
             i = with_arguments[-1]  # inputs are merged across calls: the last call's values are the ones compared
@@ -114,9 +150,10 @@ def test_tooluse_gold_calls_grade_one_and_broken_calls_zero():
             key = sorted(inputs)[0]
             inputs[key] = f"{inputs[key]}-changed"
             changed = [*calls[:i], {**calls[i], "Action_Input": json.dumps(inputs)}, *calls[i + 1 :]]
-            assert score("tooluse", react_response(changed), task["answer"]) == 0.0
+            assert lenient("tooluse", react_response(changed), task["answer"]) == 0.0
             changed_arguments += 1
     assert changed_arguments > 40  # most tasks have arguments to change
+    assert unsolvable_under_reference == 2
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -124,7 +161,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_math_adapters_read_local_files_in_their_public_schemas(tmp_path):
+def test_math_adapters_read_local_files_in_their_public_schemas(tmp_path, load_calls):
     aime24 = write_jsonl(tmp_path / "aime24.jsonl", [{"id": 60 + i, "problem": f"P{i}", "solution": f"\\boxed{{{i}}}"} for i in range(30)])
     tasks = load_benchmark("aime24", {"adapter": "aime", "path": str(aime24)}, "test", {})
     assert len(tasks) == 30  # all 30 problems
@@ -148,6 +185,40 @@ def test_math_adapters_read_local_files_in_their_public_schemas(tmp_path):
     pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "math500.parquet")
     (task,) = load_benchmark("math500", {"adapter": "math500", "path": str(tmp_path / "math500.parquet")}, "test", {})
     assert (task["id"], task["answer"], task["solution"]) == ("math500-test/x.json", "\\frac{1}{2}", rows[0]["solution"])
+    assert loaded_files(load_calls) == [("json", aime24), ("json", aime25), ("json", gsm8k), ("parquet", tmp_path / "math500.parquet")]
+
+
+@needs_shared
+def test_sciknoweval_from_a_prepared_file_and_a_json_array(tmp_path, load_calls):
+    """A prepared file given directly (JSONL, or the same rows as one JSON list) is taken as it is."""
+    physics = SHARED / "sciknoweval" / "physics" / "test.jsonl"
+    from_dir = sciknoweval("physics", "test")
+    as_list = tmp_path / "physics.json"
+    as_list.write_text(json.dumps([json.loads(line) for line in physics.read_text().splitlines() if line.strip()]))
+    assert sciknoweval("physics", "test", physics) == from_dir == sciknoweval("physics", "train", as_list)
+    assert [file for _, file in loaded_files(load_calls)] == [physics.parent / "test.jsonl", physics, as_list]
+
+
+def test_a_directory_in_the_hubs_layout_and_a_changed_file(tmp_path):
+    """A directory without <split>.jsonl is read as datasets reads it (a downloaded hub repository's
+    data/<split>-*.parquet), and datasets' cache never serves a file's old rows after it changes."""
+    import pyarrow
+    import pyarrow.parquet
+
+    (tmp_path / "aime25" / "data").mkdir(parents=True)
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist([{"problem": "P", "answer": "12"}]),
+                                tmp_path / "aime25" / "data" / "test-00000-of-00001.parquet")
+    (task,) = load_benchmark("aime25", {"adapter": "aime", "path": str(tmp_path / "aime25")}, "test", {})
+    assert task["answer"] == "12"
+    with pytest.raises(SystemExit, match="no train.jsonl, .json or .parquet in .*aime25.*'train'"):
+        load_benchmark("aime25", {"adapter": "aime", "path": str(tmp_path / "aime25")}, "train", {})
+
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": "Q", "answer": "#### 1"}])
+    spec = {"adapter": "gsm8k", "path": str(path)}
+    assert [t["answer"] for t in load_benchmark("gsm8k", spec, "test", {})] == ["1"]
+    write_jsonl(path, [{"question": "Q", "answer": "#### 2"}, {"question": "R", "answer": "#### 3"}])
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new mtime even on a coarse clock
+    assert [t["answer"] for t in load_benchmark("gsm8k", spec, "test", {})] == ["2", "3"]
 
 
 def test_reasoning_gym_splits_are_disjoint_and_gradable():
@@ -188,6 +259,7 @@ def test_offline_hub_name_through_the_rosd_command(tmp_path):
     settings = {"source": "world", "train_size": 1, "test_size": 1, "seed": 0,
                 "datasets": {"aime24": {"adapter": "aime", "hub": "math-ai/aime24"}}}
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_datasets_cache")  # not the developer's cache
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "rosd.cli", "prepare-data", "--name", "aime24", "--split", "test",
@@ -258,3 +330,128 @@ def test_presets_are_valid_layered_on_the_default(preset):
                      yaml.safe_load((REPO / "config" / f"{preset}.yaml").read_text()))
     check(config)
     assert set(config["targets"]) | set(config["benchmarks"]) <= set(config["data"]["datasets"])
+
+
+# --- bad data: one line naming the file, the line or row, and the problem; never a traceback ---
+
+def data_error(name: str, spec: dict, split: str = "test") -> str:
+    """The DataError message loading ``spec`` gives; it is one line."""
+    with pytest.raises(DataError) as error:
+        load_benchmark(name, spec, split, {})
+    message = str(error.value)
+    assert "\n" not in message and isinstance(error.value, ValueError)
+    return message
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+TOOLUSE_ANSWER = json.dumps([{"Action": "search", "Action_Input": json.dumps({"q": "x"})}])
+
+
+@pytest.mark.parametrize("bad, line, problem", [
+    ('{"prompt": "P2", "answer": ', 3, "not valid JSON"),  # cut off
+    ('{"prompt": "P2", "answer": "[]",}', 3, "not valid JSON"),  # trailing comma
+    ('["P2", "[]"]', 3, "a JSON list, not a row object"),
+])
+def test_malformed_jsonl_line_names_the_file_and_line(tmp_path, bad, line, problem):
+    good = json.dumps({"prompt": "P1", "answer": TOOLUSE_ANSWER})
+    path = write_lines(tmp_path / "test.jsonl", [good, "", bad, good])  # line 2 is blank
+    message = data_error("tooluse", {"adapter": "tooluse", "path": str(tmp_path)})
+    assert message.startswith(f"{path}:{line}: ") and problem in message
+
+
+@pytest.mark.parametrize("adapter, row, missing", [
+    ("tooluse", {"prompt": "P"}, "answer"),
+    ("tooluse", {"answer": TOOLUSE_ANSWER}, "prompt"),
+    ("tooluse", {"prompt": None, "answer": TOOLUSE_ANSWER}, "prompt"),
+    ("aime", {"answer": "3"}, "problem"),
+    ("gsm8k", {"answer": "#### 3"}, "question"),
+    ("gsm8k", {"question": "Q"}, "answer"),
+    ("math500", {"answer": "3"}, "problem"),
+    ("sciknoweval", {"idx": 1, "prompt": "Q?\n\nA: x\nB: y\nPlease reason step by step.", "system": "S"}, "answer"),
+])
+def test_rows_missing_a_required_field_name_the_line(tmp_path, adapter, row, missing):
+    good = {"tooluse": {"prompt": "P", "answer": TOOLUSE_ANSWER}, "aime": {"problem": "P", "answer": "1"},
+            "gsm8k": {"question": "Q", "answer": "#### 1"}, "math500": {"problem": "P", "answer": "1"},
+            "sciknoweval": {"idx": 0, "prompt": "Q?\n\nA: x\nB: y\nPlease reason step by step.", "answer": "A", "system": "S"}}[adapter]
+    path = write_jsonl(tmp_path / "rows.jsonl", [good, good, row])
+    spec = {"adapter": adapter, "path": str(path), "domain": "physics"} if adapter == "sciknoweval" else {"adapter": adapter, "path": str(path)}
+    message = data_error(adapter, spec)
+    assert message.startswith(f"{path}:3: ") and f"no {missing!r}" in message
+
+
+def test_json_file_holding_an_object_not_rows(tmp_path):
+    path = tmp_path / "aime.json"
+    path.write_text(json.dumps({"problem": ["P1", "P2"], "answer": ["1", "2"]}, indent=2))
+    message = data_error("aime", {"adapter": "aime", "path": str(path)})
+    assert message.startswith(f"{path}: ") and "one JSON object" in message and "not rows" in message
+
+
+def test_aime_row_with_neither_answer_nor_boxed_solution(tmp_path):
+    path = write_jsonl(tmp_path / "aime24.jsonl", [{"problem": "P0", "solution": "\\boxed{1}"},
+                                                   {"problem": "P1", "solution": "the answer is 7"}])
+    message = data_error("aime24", {"adapter": "aime", "path": str(path)})
+    assert message.startswith(f"{path}:2: ") and "neither an 'answer' nor a \\boxed{} answer" in message
+    path = write_jsonl(tmp_path / "aime25.jsonl", [{"problem": "P0", "answer": None}])
+    assert data_error("aime25", {"adapter": "aime", "path": str(path)}).startswith(f"{path}:1: neither")
+
+
+def test_sciknoweval_answer_letter_not_among_the_options(tmp_path):
+    prepared = tmp_path / "physics"
+    prepared.mkdir()
+    prompt = "Q?\n\nA: 1\nB: 2\nC: 3\nD: 4\nPlease reason step by step."
+    path = write_jsonl(prepared / "test.jsonl", [{"idx": 0, "prompt": prompt, "answer": "B", "system": "S"},
+                                                 {"idx": 1, "prompt": prompt, "answer": "E", "system": "S"}])
+    message = data_error("sciknoweval_physics", {"adapter": "sciknoweval", "domain": "physics", "path": str(tmp_path)})
+    assert message.startswith(f"{path}:2: ") and "answer 'E' is not one of its options A, B, C, D" in message
+
+    raw = {"question": "Q?", "choices": {"label": ["A", "B"], "text": ["x", "y"]}, "answerKey": "C",
+           "domain": "Physics", "details": {"level": "L3"}, "type": "mcq-2-choices"}
+    path = write_jsonl(tmp_path / "raw.jsonl", [raw])
+    message = data_error("sciknoweval_physics", {"adapter": "sciknoweval", "domain": "physics", "path": str(path)})
+    assert message.startswith(f"{path}:1: ") and "answerKey 'C' is not one of its options A, B" in message
+
+
+def test_math500_null_answer_is_an_error_not_the_string_none(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    rows = [{"problem": "P", "answer": "1", "unique_id": "a"}, {"problem": "Q", "answer": None, "unique_id": "b"}]
+    path = tmp_path / "test.parquet"
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), path)
+    message = data_error("math500", {"adapter": "math500", "path": str(path)})
+    assert message.startswith(f"{path} row 2: ") and "no 'answer'" in message
+    path = write_jsonl(tmp_path / "test.jsonl", rows)
+    assert data_error("math500", {"adapter": "math500", "path": str(path)}).startswith(f"{path}:2: no 'answer'")
+
+
+@pytest.mark.parametrize("answer, problem", [
+    ("search(q=x)", "'answer' is not valid JSON"),
+    (json.dumps({"Action": "search", "Action_Input": "{}"}), "'answer' is a JSON object; it must be a JSON list"),
+    ("[]", "'answer' is an empty list"),
+    (json.dumps([{"Action": "search"}]), "call 1 is not an object with 'Action' and 'Action_Input'"),
+    (json.dumps(["search"]), "call 1 is not an object with 'Action' and 'Action_Input'"),
+    (json.dumps([{"Action": "search", "Action_Input": "{}"}, {"Action": "get", "Action_Input": "{q: x}"}]),
+     "call 2 (get): Action_Input is not valid JSON"),
+    (json.dumps([{"Action": "search", "Action_Input": "[1]"}]), "call 1 (search): Action_Input is a JSON list, not an object"),
+])
+def test_tooluse_gold_answer_must_be_a_list_of_calls(tmp_path, answer, problem):
+    path = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "P", "answer": TOOLUSE_ANSWER}, {"prompt": "P", "answer": answer}])
+    message = data_error("tooluse", {"adapter": "tooluse", "path": str(tmp_path)})
+    assert message.startswith(f"{path}:2: ") and problem in message
+
+
+def test_gsm8k_answer_without_its_final_number(tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", [{"question": "Q", "answer": "48 / 2 = 24"}])
+    message = data_error("gsm8k", {"adapter": "gsm8k", "path": str(path)})
+    assert message.startswith(f"{path}:1: ") and "'#### N'" in message
+
+
+def test_unreadable_parquet_names_the_file(tmp_path):
+    path = tmp_path / "test.parquet"
+    path.write_text("not parquet")
+    message = data_error("math500", {"adapter": "math500", "path": str(path)})
+    assert message.startswith(f"{path}: datasets could not read it: ")

@@ -68,7 +68,7 @@ def test_gpu_settings_set_each_rules_gpus_and_the_training_launcher(tmp_path):
     assert accelerate.exists()
     assert (
         f"accelerate launch --config_file {accelerate} --num_processes 4 --mixed_precision bf16 --main_process_port 0"
-        " -m rosd.cli distill --model "
+        " -m rosd.cli --log "
     ) in planned["distill"][1]
 
 

@@ -50,25 +50,60 @@ def test_random_sibling_is_seeded_and_never_the_rollout_itself():
 
 
 @pytest.mark.parametrize(
-    "context, expected",
+    "context, parsed, expected",
     [
-        ("solution+reflection", ("g0s1", "fix step 2")),
-        ("reflection", (None, "fix step 2")),
-        ("solution", ("g0s1", None)),
-        ("reference", ("ref0", None)),
+        # ref rosd: the reflection replaces the sibling solution when it parsed, else the solution
+        ("reflection_else_solution", True, (None, "fix step 2")),
+        ("reflection_else_solution", False, ("g0s1", None)),
+        ("solution_and_reflection", True, ("g0s1", "fix step 2")),
+        ("reflection", True, (None, "fix step 2")),
+        ("reflection", False, (None, None)),
+        ("solution", True, ("g0s1", None)),
+        ("reference", True, ("ref0", None)),
     ],
 )
-def test_teacher_context_variants(context, expected):
+def test_teacher_context_variants(context, parsed, expected):
     rows = rollouts([[0, 1]])
     mark_groups(rows)
-    rows[0]["explanation"] = "fix step 2"
+    rows[0]["explanation"] = "fix step 2" if parsed else None
     assert teacher_context(rows[0], context) == expected
+
+
+def test_a_lone_correct_rollout_has_a_teacher_only_through_its_reflection():
+    """ref ray_trainer.py:1249-1260: a rollout whose teacher reads neither a reflection nor a
+    solution gets per-sample mask 0 (under sdpo every lone correct rollout)."""
+    rows = rollouts([[0, 1, 0]])
+    mark_groups(rows)
+    lone = rows[1]
+    assert teacher_context(lone, "solution") == (None, None)
+    lone["explanation"] = None
+    assert teacher_context(lone, "reflection_else_solution") == (None, None)
+    lone["explanation"] = "the sum is right"
+    assert teacher_context(lone, "reflection_else_solution") == (None, "the sum is right")
+
+
+def test_sibling_demonstrations_lose_their_thinking():
+    rows = rollouts([[0, 1]])
+    rows[1]["response"] = "<think>hmm</think>\n3 + 5 = 8"
+    mark_groups(rows)
+    assert rows[0]["sibling"] == "3 + 5 = 8"
 
 
 def test_grpo_advantage_is_reward_minus_group_mean_without_std_scaling():
     rows = rollouts([[1, 0, 0, 0], [1, 1, 0, 0]])
     group_advantages(rows)
     assert [r["advantage"] for r in rows] == [0.75, -0.25, -0.25, -0.25, 0.5, 0.5, -0.5, -0.5]
+
+
+def test_grpo_preset_keeps_zero_variance_groups_with_zero_advantage():
+    from rosd.methods import PRESETS
+
+    train = PRESETS["grpo"]["train"]
+    rows = rollouts([[1, 1], [1, 0]])
+    mark_groups(rows, group_filter=train["group_filter"], skip_no_success=train["skip_no_success"])
+    group_advantages(rows)
+    assert all(r["in_loss"] for r in rows)
+    assert [r["advantage"] for r in rows] == [0.0, 0.0, 0.5, -0.5]
 
 
 def test_grpo_splits_the_step_into_mini_batch_updates():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -98,7 +99,8 @@ def test_invalid_config_stops_before_any_job_with_one_line(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def _distill_process(workdir: Path) -> int | None:
+def _stage_process(workdir: Path, stages) -> tuple[str, int] | None:
+    """A running `rosd <stage>` job of this run (its cwd is the run's directory), if any."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -107,8 +109,11 @@ def _distill_process(workdir: Path) -> int | None:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if b"distill" in cmdline and any(part.endswith(b"rosd") for part in cmdline) and Path(cwd) == workdir:
-            return int(proc.name)
+        if Path(cwd) != workdir or not any(part.endswith(b"rosd") for part in cmdline):
+            continue
+        for stage in stages:
+            if stage.encode() in cmdline:
+                return stage, int(proc.name)
     return None
 
 
@@ -116,23 +121,70 @@ def _mtimes(root: Path) -> dict[Path, float]:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "logs" not in p.parts and ".partial" not in str(p)}
 
 
-@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the distillation process through /proc")
-def test_killed_distillation_job_resumes_and_ends_with_the_same_tables(finished, tmp_path):
-    process = subprocess.Popen(snakemake_command(tmp_path), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, victim = time.time() + 600, None
-    while victim is None and time.time() < deadline and process.poll() is None:
-        victim = _distill_process(tmp_path)
+def _incomplete_outputs(workdir: Path) -> list[Path]:
+    """The outputs Snakemake marks incomplete (jobs it started and never saw finish): their names
+    are urlsafe-base64 under .snakemake/incomplete/, split into '@'-prefixed parts when long."""
+    root = workdir / ".snakemake" / "incomplete"
+    marks = [p.relative_to(root) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    return [workdir / base64.urlsafe_b64decode("".join(part.lstrip("@") for part in mark.parts)).decode() for mark in marks]
+
+
+STAGES = ("rollouts", "grade", "reflect", "teacher-score", "distill", "evaluate", "aggregate", "plots", "track")
+TABLES = ("comparison.csv", "comparison.md", "evals.csv", "rounds.csv", "localization.csv")
+
+
+def _run_and_kill(workdir: Path, stages, *args: str, kill_snakemake: bool = False) -> tuple[subprocess.Popen, str | None]:
+    """Start the pipeline; SIGKILL the first job of one of ``stages`` that starts (or, with
+    ``kill_snakemake``, Snakemake itself). Returns the finished process and the stage killed."""
+    process = subprocess.Popen(snakemake_command(workdir, *args), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.time() + 600, None
+    while stages and killed is None and time.time() < deadline and process.poll() is None:
+        found = _stage_process(workdir, stages)
+        if found is not None:
+            killed = found[0]
+            if kill_snakemake:
+                process.kill()
+            else:
+                os.kill(found[1], signal.SIGKILL)
         time.sleep(0.05)
-    assert victim is not None, "no distillation job started"
-    os.kill(victim, signal.SIGKILL)
-    assert process.wait(timeout=600) != 0
-    before = _mtimes(tmp_path / EXP)
-    assert any(p.name == "teacher.pt" for p in before)
+    process.wait(timeout=600)
+    return process, killed
 
-    run(tmp_path)  # started again, the same command
 
-    after = _mtimes(tmp_path / EXP)
-    reused = [p for p in before if after.get(p) == before[p]]
-    assert len(reused) == len(before), "a finished stage was run again"
-    for table in ("comparison.csv", "evals.csv"):
-        assert (tmp_path / EXP / "tables" / table).read_text() == (finished / EXP / "tables" / table).read_text()
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the stage processes through /proc")
+def test_killed_snakemake_and_every_killed_stage_resume_to_identical_tables(finished, tmp_path):
+    """The fault suite, in one run: SIGKILL Snakemake itself while a distillation job runs (its job
+    must die with it: no orphan), recover as the README says (`--unlock`, run again, with
+    `--rerun-incomplete`); then SIGKILL one job of every stage in turn, running again after each.
+    No finished file is ever rewritten, and the tables and round metrics end byte-identical to an
+    uninterrupted run's (the same seed gives the same bytes)."""
+    exp = tmp_path / EXP
+    _, killed = _run_and_kill(tmp_path, ("distill",), kill_snakemake=True)
+    assert killed == "distill", "no distillation job started"
+    deadline = time.time() + 30
+    while _stage_process(tmp_path, ("distill",)) is not None and time.time() < deadline:
+        time.sleep(0.2)
+    assert _stage_process(tmp_path, ("distill",)) is None, "the distillation job outlived its Snakemake"
+    # A job that published its output just before Snakemake died is marked incomplete, and
+    # --rerun-incomplete runs it again: only what Snakemake recorded as finished must stay.
+    incomplete = _incomplete_outputs(tmp_path)
+    finished_files = {p: t for p, t in _mtimes(exp).items() if not any(p == o or o in p.parents for o in incomplete)}
+    assert any(p.name == "teacher.pt" for p in finished_files)
+    run(tmp_path, "--unlock")
+
+    remaining = list(STAGES)
+    for _ in range(len(STAGES) + 2):
+        process, killed = _run_and_kill(tmp_path, remaining, "--rerun-incomplete")
+        now = _mtimes(exp)
+        assert all(now.get(p) == t for p, t in finished_files.items()), "a finished stage was run again"
+        finished_files = now
+        if killed is None:
+            assert process.returncode == 0
+            break
+        assert process.returncode != 0, f"killing {killed} did not fail its run"
+        remaining.remove(killed)
+    assert not remaining, f"stages never killed: {remaining}"
+    for table in TABLES:
+        assert (exp / "tables" / table).read_bytes() == (finished / EXP / "tables" / table).read_bytes(), table
+    for metrics in sorted((finished / EXP / "runs").rglob("metrics.json")):
+        assert (tmp_path / metrics.relative_to(finished)).read_bytes() == metrics.read_bytes(), metrics

@@ -23,6 +23,21 @@ def test_parse_accepts_the_correct_spelling_and_treats_empty_as_absent():
     assert parsed.explanation == "fix it"
 
 
+@pytest.mark.parametrize(
+    "text, explanation",
+    [
+        ("<reflection>X</reflection>", "X"),  # the third fallback
+        ("<explaination>  </explaination><explanation>Y</explanation>", "Y"),  # empty falls through
+        ("<explanation>A</explanation><explaination>B</explaination>", "B"),  # the reference's spelling first
+        ("<explanation>A</explanation><reflection>C</reflection>", "A"),
+        ("<explanation>X</explaination>", None),  # open and close tags must agree
+    ],
+)
+def test_explanation_tags_are_searched_in_the_reference_order(text, explanation):
+    """ref ray_trainer.py _extract_reflection_fields: explaination, then explanation, then reflection."""
+    assert parse_reflection(text).explanation == explanation
+
+
 def test_unparsable_reflection_yields_none():
     parsed = parse_reflection("I think step two is wrong.")
     assert parsed.error_quote is None and parsed.explanation is None and not parsed.parsed

@@ -22,10 +22,10 @@ from tiny_model import hand_made_rollouts
 
 THETA0 = str(Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0")
 TRAIN = {
-    "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01, "grad_clip": 1.0, "micro_batch": 2, "reduction": "micro_batch",
+    "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01, "grad_clip": 1.0, "micro_batch": 2, "reduction": "reference",
     "is_clip": 2.0, "temperature": 1.0, "steps_per_round": 1, "token_chunk": 7,
 }
-METHOD = {"objective": "distill", "teacher": "frozen", "teacher_context": "solution+reflection", "mask": "first_error",
+METHOD = {"objective": "distill", "teacher": "frozen", "teacher_context": "reflection_else_solution", "mask": "first_error",
           "loss": {"support": "topk_tail", "topk": 5, "alpha": 0.5}}
 
 
@@ -108,7 +108,7 @@ def test_three_rounds_through_files_equal_three_steps_in_one_process(reflections
         assert torch.allclose(a, b, atol=1e-5), name
     # The checkpoints really carried the optimizer: restarting AdamW each round gives other weights.
     restarted = load_model(THETA0).train()
-    for _ in range(3):
+    for global_step in range(3):
         fresh = torch.optim.AdamW(restarted.parameters(), lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
-        train_step(restarted, fresh, rows, targets, settings={**settings(), "pad_id": 0}, global_step=0)
+        train_step(restarted, fresh, rows, targets, settings={**settings(), "pad_id": 0}, global_step=global_step)
     assert not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(restarted.parameters(), split.parameters()))

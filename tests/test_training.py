@@ -26,11 +26,11 @@ from rosd.training import ADAPTER, TRAINER_STATE, load_student, unsupported
 from tiny_model import hand_made_rollouts, small_model_dir
 
 TRAIN = {
-    "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01, "grad_clip": 1.0, "micro_batch": 2, "reduction": "micro_batch",
+    "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01, "grad_clip": 1.0, "micro_batch": 2, "reduction": "reference",
     "is_clip": 2.0, "temperature": 1.0, "steps_per_round": 1, "token_chunk": 7,
     "launcher": "none", "num_processes": 1, "gradient_checkpointing": False, "lora": None,
 }
-METHOD = {"objective": "distill", "teacher": "frozen", "teacher_context": "solution+reflection", "mask": "first_error",
+METHOD = {"objective": "distill", "teacher": "frozen", "teacher_context": "reflection_else_solution", "mask": "first_error",
           "loss": {"support": "topk_tail", "topk": 5, "alpha": 0.5}}
 LORA = {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}
 
@@ -153,7 +153,11 @@ def test_two_processes_train_like_one(theta0, files, tmp_path):
 
     state = torch.load(split / TRAINER_STATE, weights_only=True)
     assert state["global_step"] == 2 and "optimizer_by_name" in state
+    # Adam divides by sqrt(v): an entry whose gradient is ~0 moves by up to lr whatever the last bits
+    # of its gradient, which a different summation order changes. So: almost every entry within 1e-5,
+    # none off by more than one step's lr (a dropped or doubled micro-batch moves most entries).
     for (name, a), b in zip(load_model(str(single)).named_parameters(), load_model(str(split)).parameters()):
-        assert torch.allclose(a, b, atol=1e-5), name
+        difference = (a - b).abs()
+        assert (difference > 1e-5).float().mean() < 1e-3 and difference.max() < TRAIN["lr"], name
     one, two = (json.loads((tmp_path / d / "metrics2.json").read_text()) for d in ("single", "two"))
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)

@@ -41,7 +41,7 @@ def hand_made_rollouts(model_dir) -> list[dict]:
         ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         torch.manual_seed(i)
         rows.append({
-            "step": 0, "group": 0, "sample": i, "task": task, "in_loss": True, "reward": float(i == 0),
+            "step": 0, "group": 0, "sample": i, "task": task, "in_loss": True, "distilled": True, "reward": float(i == 0),
             "prompt_ids": chat_prompt_ids(tok, student_messages(task)), "teacher_prompt_ids": teacher_prompt,
             "response_ids": ids, "response": text, "loss_start": [0, 2, 6, 0, 1][i],
             "sampler_logps": (-2.0 + 0.5 * torch.rand(len(ids))).tolist(),

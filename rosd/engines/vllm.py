@@ -64,14 +64,17 @@ class VLLMEngine:
         top_p: float,
         max_new_tokens: int,
         seed: int,
+        top_k: int | None = None,
     ) -> list[list[Sample]]:
-        """``n`` samples for each prompt (token ids, chat template applied); returns them per prompt."""
+        """``n`` samples for each prompt (token ids, chat template applied); returns them per prompt.
+        ``top_k`` None (or 0) samples from the whole nucleus."""
         eos = self.tokenizer.eos_token_id
         params = [
             self._sampling_params(
                 n=n,
                 temperature=temperature,
                 top_p=top_p,
+                top_k=top_k or 0,  # vLLM: 0 (or -1) = no top-k
                 max_tokens=max_new_tokens,
                 # vLLM gives sample j of a seeded request the seed + j, so the n samples differ.
                 seed=seed * SEED_STRIDE + index,

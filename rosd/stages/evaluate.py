@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from rosd.engines import load_engine
-from rosd.grading import extract_answer, score_batch
+from rosd.grading import extract_answer, grade_batch
 from rosd.io import read_jsonl, write_json, write_jsonl
 from rosd.metrics import summarize
 from rosd.prompts import chat_prompt_ids, student_messages
@@ -27,13 +27,15 @@ def run_evaluate(*, model: str, data: str, out_samples: str, out_summary: str, s
     )
     graded = [(task, j, s) for task, group in zip(tasks, samples) for j, s in enumerate(group)]
     # One batch, so the math-verify checks the exact comparison leaves spread over its worker pool.
-    correct = score_batch([(task["kind"], s.text, task["answer"]) for task, _, s in graded])
+    mode = settings["grading"]["mode"]
+    grades = grade_batch([(task["kind"], s.text, task["answer"]) for task, _, s in graded], mode=mode)
+    correct = grades.scores
     records = [
         {
             "id": task["id"],
             "sample": j,
             "correct": int(c),
-            "extracted": extract_answer(task["kind"], s.text),
+            "extracted": extract_answer(task["kind"], s.text, mode=mode),
             "response": s.text,
         }
         for (task, j, s), c in zip(graded, correct)
@@ -42,5 +44,6 @@ def run_evaluate(*, model: str, data: str, out_samples: str, out_summary: str, s
     summary = summarize(records, ev["samples"])
     summary.update({key: settings[key] for key in ("method", "target", "seed", "round", "benchmark")})
     summary["in_domain"] = settings["benchmark"] == settings["target"]
+    summary["grading_timed_out"] = grades.timed_out  # samples past the grading deadline, scored 0
     write_json(out_summary, summary)
     log.info("%s on %s: mean@%d = %.3f", model, settings["benchmark"], ev["samples"], summary["mean_at_k"])

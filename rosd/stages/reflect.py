@@ -10,7 +10,7 @@ from collections import defaultdict
 from rosd.engines import load_engine
 from rosd.io import read_jsonl, write_jsonl
 from rosd.methods import needs_reflection
-from rosd.prompts import chat_prompt_ids, reflection_messages, teacher_messages
+from rosd.prompts import chat_prompt_ids, fit_user_message, reflection_messages, remove_thinking, teacher_messages
 from rosd.reflection import find_quote, loss_start, parse_reflection
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,8 @@ def mark_groups(rows: list[dict], *, group_filter: str = "zero_variance", skip_n
     """Set ``in_loss`` and ``sibling`` (a correct rollout of the same group other than this one).
 
     The zero-variance filter (ref) drops groups whose rollouts all agree, which also drops groups
-    with no success; ``sibling`` is the first other correct rollout (ref) or a seeded random one.
+    with no success; ``sibling`` is the first other correct rollout (ref) or a seeded random one,
+    without its ``<think>`` spans (ref: remove_thinking_from_demonstration).
     """
     rng = random.Random(seed)
     groups = defaultdict(list)
@@ -34,19 +35,21 @@ def mark_groups(rows: list[dict], *, group_filter: str = "zero_variance", skip_n
         for m in members:
             m["in_loss"] = keep
             others = [o["response"] for o in members if o is not m and o["reward"] == 1.0]
-            m["sibling"] = (others[0] if sibling == "first" else rng.choice(others)) if others else None
+            chosen = (others[0] if sibling == "first" else rng.choice(others)) if others else None
+            m["sibling"] = remove_thinking(chosen) if chosen is not None else None
 
 
 def teacher_context(row: dict, context: str) -> tuple[str | None, str | None]:
-    """(solution, reflection) the teacher reads, by the method's teacher context."""
-    solution = {
-        "solution+reflection": row["sibling"],
-        "solution": row["sibling"],
-        "reflection": None,
-        "reference": row["task"].get("solution"),
+    """(solution, reflection) the teacher reads, by the method's teacher context (SPEC §1.6)."""
+    reflection = row.get("explanation")
+    if context == "reflection_else_solution":
+        return (None, reflection) if reflection else (row["sibling"], None)
+    return {
+        "solution_and_reflection": (row["sibling"], reflection),
+        "reflection": (None, reflection),
+        "solution": (row["sibling"], None),
+        "reference": (row["task"].get("solution"), None),
     }[context]
-    reflection = row.get("explanation") if context in ("solution+reflection", "reflection") else None
-    return solution, reflection
 
 
 def true_error_hit(row: dict) -> bool | None:
@@ -64,16 +67,15 @@ def true_error_hit(row: dict) -> bool | None:
 
 
 def reflect(engine, rows: list[dict], settings: dict) -> None:
-    """One reflection per rollout by the current policy; parsed into quote and explanation."""
-    refl = settings["reflection"]
-    prompts = [
-        chat_prompt_ids(
-            engine.tokenizer,
-            reflection_messages(r["task"], r["response"], correct=r["reward"] == 1.0, sibling=r["sibling"]),
-            settings["enable_thinking"],
-        )
-        for r in rows
-    ]
+    """One reflection per rollout by the current policy, parsed into quote and explanation. A prompt
+    longer than ``reflection.prompt_max_tokens`` loses the end of its user message (ref), counted in
+    the row's ``reflection_prompt_tokens_cut``."""
+    refl, thinking = settings["reflection"], settings["enable_thinking"]
+    prompts = []
+    for r in rows:
+        messages = reflection_messages(r["task"], r["response"], correct=r["reward"] == 1.0, sibling=r["sibling"])
+        messages, r["reflection_prompt_tokens_cut"] = fit_user_message(engine.tokenizer, messages, refl["prompt_max_tokens"], thinking)
+        prompts.append(chat_prompt_ids(engine.tokenizer, messages, thinking))
     outputs = engine.generate(
         prompts, n=1, temperature=refl["temperature"], top_p=refl["top_p"],
         max_new_tokens=refl["max_new_tokens"], seed=settings["seed"] * 100_003 + settings["round"],
@@ -96,10 +98,24 @@ def localize(tokenizer, row: dict, settings: dict) -> None:
     row["first_error_hit"] = true_error_hit(row)
 
 
+def teacher_prompt(tokenizer, row: dict, settings: dict) -> None:
+    """Set the row's teacher prompt and ``distilled``: whether the teacher has a context (ref: a
+    rollout whose teacher reads neither a reflection nor a solution gets no loss at all). The prompt
+    is cut from the right at ``train.teacher_prompt_max_tokens`` (ref), noted in ``teacher_prompt_cut``."""
+    method, limit = settings["method"], settings["train"]["teacher_prompt_max_tokens"]
+    solution, reflection = teacher_context(row, method["teacher_context"])
+    wording = "opsd" if method["teacher_context"] == "reference" else "reference"
+    messages = teacher_messages(row["task"], solution=solution, reflection=reflection, wording=wording)
+    ids = chat_prompt_ids(tokenizer, messages, settings["enable_thinking"])
+    cut = limit is not None and len(ids) > limit
+    row.update(teacher_prompt_ids=ids[:limit] if cut else ids, teacher_prompt_cut=cut, distilled=bool(solution or reflection))
+
+
 def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
     rows = read_jsonl(graded)
     method = settings["method"]
-    mark_groups(rows, **settings["train"], seed=settings["seed"])
+    train = settings["train"]
+    mark_groups(rows, group_filter=train["group_filter"], skip_no_success=train["skip_no_success"], sibling=train["sibling"], seed=settings["seed"])
     kept = [r for r in rows if r["in_loss"]]
     engine = None
     if needs_reflection(method) and kept:
@@ -108,16 +124,24 @@ def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
             gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
             tensor_parallel_size=gen["tensor_parallel_size"],
         )
-        reflect(engine, [r for r in kept if r["reward"] == 0.0 or settings["reflection"]["reflect_correct"]], settings)
+        # Wrong rollouts are diagnosed against their sibling (a kept group always has one); correct
+        # ones explained when reflect_correct (ref: reflection_include_for_correct).
+        chosen = [r for r in kept if (r["reward"] == 0.0 and r["sibling"]) or (r["reward"] == 1.0 and settings["reflection"]["reflect_correct"])]
+        reflect(engine, chosen, settings)
     tokenizer = engine.tokenizer if engine else _tokenizer(model)
+    for row in rows:
+        # Every row of a kept group carries loss, unless the distillation teacher has no context.
+        row["distilled"] = row["in_loss"]
     for row in kept:
         localize(tokenizer, row, settings)
         if method["objective"] == "distill":
-            solution, reflection = teacher_context(row, method["teacher_context"])
-            messages = teacher_messages(row["task"], solution=solution, reflection=reflection)
-            row["teacher_prompt_ids"] = chat_prompt_ids(tokenizer, messages, settings["enable_thinking"])
+            teacher_prompt(tokenizer, row, settings)
     write_jsonl(out, rows)
-    log.info("%d of %d rollouts in loss; %d reflections parsed", len(kept), len(rows), sum(bool(r.get("parsed")) for r in kept))
+    log.info(
+        "%d of %d rollouts in kept groups, %d distilled; %d reflections parsed; prompts cut: %d reflection, %d teacher",
+        len(kept), len(rows), sum(r["distilled"] for r in rows), sum(bool(r.get("parsed")) for r in kept),
+        sum(bool(r.get("reflection_prompt_tokens_cut")) for r in kept), sum(bool(r.get("teacher_prompt_cut")) for r in kept),
+    )
 
 
 def _tokenizer(model: str):

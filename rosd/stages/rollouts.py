@@ -6,7 +6,7 @@ import logging
 import random
 
 from rosd.engines import load_engine
-from rosd.grading import score_batch
+from rosd.grading import grade_batch
 from rosd.io import read_jsonl, write_jsonl
 from rosd.prompts import chat_prompt_ids, student_messages
 
@@ -43,6 +43,7 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
         n=train["rollouts_per_prompt"],
         temperature=train["temperature"],
         top_p=train["top_p"],
+        top_k=train["top_k"],
         max_new_tokens=train["max_new_tokens"],
         seed=settings["seed"] * 100_003 + settings["round"],
     )
@@ -65,12 +66,13 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
     log.info("wrote %d rollouts of %d prompts to %s", len(rows), len(tasks), out)
 
 
-def run_grade(*, rollouts: str, out: str) -> None:
-    """Reward 1.0 or 0.0 per rollout from the task's verifier."""
+def run_grade(*, rollouts: str, out: str, settings: dict) -> None:
+    """Reward 1.0 or 0.0 per rollout from the task's verifier, read as ``grading.mode`` says."""
     rows = read_jsonl(rollouts)
-    rewards = score_batch([(row["task"]["kind"], row["response"], row["task"]["answer"]) for row in rows])
-    for row, reward in zip(rows, rewards):
+    items = [(row["task"]["kind"], row["response"], row["task"]["answer"]) for row in rows]
+    graded = grade_batch(items, mode=settings["grading"]["mode"])
+    for row, reward in zip(rows, graded.scores):
         row["reward"] = reward
     write_jsonl(out, rows)
     accuracy = sum(r["reward"] for r in rows) / max(len(rows), 1)
-    log.info("graded %d rollouts: accuracy %.3f", len(rows), accuracy)
+    log.info("graded %d rollouts: accuracy %.3f; %d past the grading deadline (scored 0)", len(rows), accuracy, graded.timed_out)

@@ -72,7 +72,7 @@ def teacher_dir(kind: str, theta0: str, student: str) -> str:
 
 def run_teacher_score(*, teacher: str, student: str, reflections: str, out: str, settings: dict) -> None:
     method = settings["method"]
-    rows = [r for r in read_jsonl(reflections) if r["in_loss"]]
+    rows = [r for r in read_jsonl(reflections) if r["distilled"]]
     targets = []
     if method["objective"] == "distill" and rows:
         loss = method["loss"]

@@ -40,7 +40,8 @@ def evaluate_reflection(model_dir: str, family: str = "math", n: int = 200, seed
 
     parse_rate: an explanation parses; quote_exact_rate: the quote is exactly the true first wrong
     line; quote_on_first_error_rate: the quote is found where the first error starts;
-    teacher_accuracy: the teacher prompt (sibling solution + reflection) yields a correct answer.
+    teacher_accuracy: the teacher prompt (as rosd builds it: the reflection when it parsed, else the
+    sibling solution) yields a correct answer.
     """
     engine = engine or _engine(model_dir)
     rng = random.Random(seed)
@@ -52,7 +53,10 @@ def evaluate_reflection(model_dir: str, family: str = "math", n: int = 200, seed
         temperature=temperature, seed=seed,
     )
     reflections = [parse_reflection(text) for text in texts]
-    teacher = [teacher_messages(t, solution=t["solution"], reflection=r.explanation) for t, r in zip(tasks, reflections)]
+    teacher = [
+        teacher_messages(t, solution=None if r.explanation else t["solution"], reflection=r.explanation)
+        for t, r in zip(tasks, reflections)
+    ]
     answers = _sample_texts(engine, teacher, temperature=temperature, seed=seed)
     return {
         "parse_rate": sum(r.parsed for r in reflections) / n,
@@ -94,7 +98,7 @@ Measured on {n} test tasks per family, one sample each at temperature {temperatu
 `accuracy_*`: the student prompt answered correctly. Reflection metrics are on corrupted `math` test
 solutions: `parse_rate` = the explanation tag parses, `quote_exact_rate` = the error quote is exactly
 the true first wrong line, `quote_on_first_error_rate` = the quote is found where the first error
-starts; `teacher_accuracy` = the teacher prompt (sibling solution + the parsed reflection) answers
+starts; `teacher_accuracy` = the teacher prompt (the parsed reflection, else the sibling solution) answers
 correctly.
 
 The model learns arithmetic suddenly (a run's accuracy climbs from ~10% to ~100% over a few

@@ -42,16 +42,16 @@ def example(task: dict, role: str, rng: random.Random) -> tuple[list[dict], str]
         wrong, first_wrong_line = corrupt(task, rng)
         messages = reflection_messages(task, wrong, correct=False, sibling=task["solution"])
         return messages, (
-            f"<error_quote>{first_wrong_line}</error_quote>\n"
-            f"<explaination>{explain_error(task, wrong)}</explaination>"
+            f"<error_quote>\n{first_wrong_line}\n</error_quote>\n"
+            f"<explanation>\n{explain_error(task, wrong)}\n</explanation>"
         )
     if role == "reflect_correct":
         messages = reflection_messages(task, task["solution"], correct=True, sibling=None)
-        return messages, f"<explaination>{explain_correct(task)}</explaination>"
-    # The teacher reads a reflection on a wrong rollout (mostly) or a correct one, with or without the
-    # sibling solution: the variants the methods use (SPEC §1.6).
+        return messages, f"<explanation>\n{explain_correct(task)}\n</explanation>"
+    # The teacher reads a reflection on a wrong rollout (mostly) or a correct one, or a sibling
+    # solution when no reflection parsed (SPEC §1.6), sometimes both (the ablation's prompt).
     reflection = explain_error(task, corrupt(task, rng)[0]) if rng.random() < 0.7 else explain_correct(task)
-    context = rng.choice(["both", "both", "solution", "reflection"])
+    context = rng.choice(["reflection", "reflection", "solution", "both"])
     messages = teacher_messages(
         task,
         solution=task["solution"] if context != "reflection" else None,
@@ -120,7 +120,7 @@ def run_warm_start(
     out_dir: str,
     *,
     seed: int = 0,
-    steps: int = 4000,
+    steps: int = 4500,
     batch_size: int = 8,
     lr: float = 1e-3,
     layers: int = 4,

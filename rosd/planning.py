@@ -1,0 +1,46 @@
+"""Training budgets at plan time (SPEC §1.9): how many rounds a run on a target gets.
+
+The reference trains a fixed number of epochs over the target's train split (10; 5 for tool use),
+one optimizer step per batch of 32 prompts: ⌊train rows / 32⌋ steps per epoch, so biology gets
+140 steps, chemistry 590, material 260, physics 220. `rounds` in the config is one number, a
+number per target, or ``{epochs: E}`` per target, counted here from a local train file before any
+job runs (a hub dataset cannot be counted offline: give its number of rounds instead).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def planned_steps(train_rows: int, batch_prompts: int, epochs: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``train_rows`` prompts in batches of
+    ``batch_prompts``, dropping the last incomplete batch of each epoch (ref)."""
+    return (train_rows // batch_prompts) * epochs
+
+
+def rounds_for(steps: int, steps_per_round: int) -> int:
+    """Rounds that hold ``steps`` optimizer steps (the last round may hold fewer: never less than 1)."""
+    return max(1, -(-steps // steps_per_round))
+
+
+def _rows_in(path: Path) -> int:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet.ParquetFile(path).metadata.num_rows
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return len(json.loads(text))
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def local_train_rows(path: str | Path, split: str = "train") -> int:
+    """Rows of a local train split: the file itself, or ``<split>.jsonl|.json|.parquet`` in a directory."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / f"{split}{suffix}" for suffix in (".jsonl", ".json", ".parquet") if (path / f"{split}{suffix}").exists()]
+        if not found:
+            raise FileNotFoundError(f"no {split}.jsonl, {split}.json or {split}.parquet in {path}")
+        path = found[0]
+    return _rows_in(path)
