@@ -193,16 +193,37 @@ def _set_parent_death_signal(parent: int) -> bool:
     return True
 
 
+ENV = "ROSD_SNAKEMAKE"
+
+
+def export_for_jobs() -> None:
+    """Called by the Snakefile: name this Snakemake process (pid and start time) in the environment
+    its jobs inherit, so a job that starts after Snakemake already died (and was re-parented, its
+    ancestry lost) still knows whom it belonged to."""
+    proc = _stat(os.getpid()) if sys.platform.startswith("linux") else None
+    if proc is not None:
+        os.environ[ENV] = f"{os.getpid()}:{proc.start_time}"
+
+
+def _exported() -> Ancestor | None:
+    try:
+        pid, start_time = map(int, os.environ[ENV].split(":"))
+    except (KeyError, ValueError):
+        return None
+    return Ancestor(pid, start_time)
+
+
 def start(label: str = "rosd", report: Callable[[str], None] | None = None, poll: float = POLL_SECONDS) -> Ancestor | None:
     """Watch the Snakemake this process runs under; returns it, or None when there is none (not
     Linux, not under Snakemake, ``ROSD_LIFELINE=0``). Once per process."""
     global _watched, _label, _report
     if _watched is not None or os.environ.get("ROSD_LIFELINE", "1") == "0" or not sys.platform.startswith("linux"):
         return _watched
-    ancestor = find_snakemake()
+    ancestor = find_snakemake() or _exported()
     if ancestor is None:
         return None
     _watched, _label, _report = ancestor, label, report
+    check()  # it may be gone already: a job started just before Snakemake was killed
     _set_parent_death_signal(os.getppid())
     threading.Thread(target=_poll, args=(poll,), name="rosd-lifeline", daemon=True).start()
     return ancestor

@@ -374,3 +374,17 @@ def test_job_dies_with_its_shell(tmp_path):
         for pid in (job, int(ready.read_text() or 0) if ready.exists() else 0):
             if pid and _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@linux_only
+def test_a_job_that_starts_after_its_snakemake_died_writes_nothing(files):
+    """A job started just before Snakemake was killed is re-parented before its lifeline looks at its
+    ancestry; the Snakefile's ROSD_SNAKEMAKE (pid and start time) still names its Snakemake."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = files / "graded-after-death.jsonl"
+    result = _rosd(["grade", "--rollouts", str(files / "rows.jsonl"), "--out", str(out), "--settings", "{}"],
+                   env={"ROSD_SNAKEMAKE": f"{gone.pid}:1"})
+    assert result.returncode == 3
+    assert _one_line(result.stderr).startswith(f"rosd grade: stopping: the snakemake that started this job (pid {gone.pid}) is gone")
+    assert not out.exists()

@@ -174,10 +174,13 @@ def test_killed_snakemake_and_every_killed_stage_resume_to_identical_tables(fini
 
     remaining = list(STAGES)
     for _ in range(len(STAGES) + 2):
-        process, killed = _run_and_kill(tmp_path, remaining, "--rerun-incomplete")
+        # One job at a time, so no job of a stage not killed yet finishes beside the victim.
+        process, killed = _run_and_kill(tmp_path, remaining, "--rerun-incomplete", "--cores", "1")
         now = _mtimes(exp)
-        assert all(now.get(p) == t for p, t in finished_files.items()), "a finished stage was run again"
-        finished_files = now
+        rewritten = [str(p) for p, t in finished_files.items() if now.get(p) != t]
+        assert not rewritten, f"finished files written again: {rewritten[:5]}"
+        # The MLflow store is not a stage output: the track rule updates it, idempotently.
+        finished_files = {p: t for p, t in now.items() if not p.name.startswith("mlflow.db") and "mlartifacts" not in p.parts}
         if killed is None:
             assert process.returncode == 0
             break

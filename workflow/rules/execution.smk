@@ -3,6 +3,7 @@
 import os
 import sys
 
+from rosd import lifeline
 from rosd.gpu_pool import SNAKEMAKE_PREFIX
 from rosd.methods import resolve
 from rosd.training import unsupported
@@ -12,6 +13,10 @@ from rosd.training import unsupported
 GPU_POOL = SNAKEMAKE_PREFIX
 
 ACCELERATE_CONFIG = os.path.join(workflow.basedir, "config", "accelerate_fsdp.yaml")
+
+# Jobs die with this Snakemake (rosd/lifeline.py): they find it by ancestry, or by this variable
+# when it died before they started.
+lifeline.export_for_jobs()
 
 # The --use-conda environments install this checkout (workflow/envs/*.post-deploy.sh).
 os.environ.setdefault("ROSD_SOURCE", workflow.basedir)
