@@ -388,3 +388,31 @@ def test_a_job_that_starts_after_its_snakemake_died_writes_nothing(files):
     assert result.returncode == 3
     assert _one_line(result.stderr).startswith(f"rosd grade: stopping: the snakemake that started this job (pid {gone.pid}) is gone")
     assert not out.exists()
+
+
+TOOL_GOLD = json.dumps([{"Action": "search", "Action_Input": json.dumps({"q": "x"})}])
+# (adapter, file name, its text, what the line must say): data rows the pipeline must refuse.
+BAD_DATA = {
+    "malformed JSONL line": ("tooluse", "test.jsonl", '{"prompt": "P", "answer": "[]"}\n{"prompt": "P",\n', "test.jsonl:2: not valid JSON"),
+    "row without an answer": ("math500", "test.jsonl", '{"problem": "P", "answer": "1"}\n{"problem": "Q"}\n', "test.jsonl:2: no 'answer'"),
+    "row without a prompt": ("tooluse", "test.jsonl", json.dumps({"answer": TOOL_GOLD}) + "\n", "test.jsonl:1: no 'prompt'"),
+    "MATH-500 null answer": ("math500", "test.jsonl", '{"problem": "Q", "answer": null}\n', "test.jsonl:1: no 'answer'"),
+    "JSON file holding an object": ("aime", "test.json", '{"problem": ["P"], "answer": ["1"]}', "one JSON object"),
+    "AIME row without answer or box": ("aime", "test.jsonl", '{"problem": "P", "solution": "it is 7"}\n', "neither an 'answer' nor a \\boxed{} answer"),
+    "tool-use gold not JSON": ("tooluse", "test.jsonl", json.dumps({"prompt": "P", "answer": "search(q=x)"}) + "\n", "'answer' is not valid JSON"),
+    "GSM8K answer without its number": ("gsm8k", "test.jsonl", json.dumps({"question": "Q", "answer": "24"}) + "\n", "'#### N'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_rows_stop_prepare_data_with_one_line(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    adapter, name, text, expected = BAD_DATA[case]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / name).write_text(text)
+    settings = {"source": "world", "train_size": 4, "test_size": 4, "seed": 0, "datasets": {"bench": {"adapter": adapter, "path": str(data / name)}}}
+    out = tmp_path / "out" / "bench.jsonl"
+    line = _bad_input(["prepare-data", "--name", "bench", "--split", "test", "--out", str(out), "--settings", json.dumps(settings)], capsys, data)
+    assert line.startswith("rosd prepare-data: error: ") and expected in line, line
+    assert not out.exists()

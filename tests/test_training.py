@@ -161,3 +161,26 @@ def test_two_processes_train_like_one(theta0, files, tmp_path):
         assert (difference > 1e-5).float().mean() < 1e-3 and difference.max() < TRAIN["lr"], name
     one, two = (json.loads((tmp_path / d / "metrics2.json").read_text()) for d in ("single", "two"))
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+
+
+def _grpo_settings(grpo: dict) -> dict:
+    """The grpo preset over this file's TRAIN, at a learning rate that moves the weights in one round."""
+    method = {key: value for key, value in grpo.items() if key != "train"}
+    return {"device": "cpu", "dtype": "float32", "seed": 0, "round": 1, "method": method, "method_name": "grpo", "target": "math",
+            "train": {**TRAIN, **grpo["train"], "lr": 1e-3, "warmup_steps": 0}}
+
+
+def test_grpo_round_takes_its_mini_batch_updates(theta0, files, tmp_path):
+    """The grpo preset through the distill stage (old policy recorded, dual clip, IS weight): 5
+    rollouts in 3 mini-batch updates (4 requested), and the weights moved."""
+    from rosd.methods import PRESETS
+
+    grpo = PRESETS["grpo"]
+    scores = tmp_path / "teacher.pt"
+    torch.save({"targets": []}, scores)
+    run_distill(model=theta0, reflections=str(files[0]), teacher_scores=str(scores), out_model=str(tmp_path / "ckpt"),
+                out_metrics=str(tmp_path / "metrics.json"), settings=_grpo_settings(grpo))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["optimizer_steps"] == 3 and metrics["step"] == 3
+    moved = [not torch.equal(a, b) for a, b in zip(load_model(theta0).parameters(), load_model(str(tmp_path / "ckpt")).parameters())]
+    assert any(moved)
