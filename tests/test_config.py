@@ -21,6 +21,7 @@ def test_default_config_is_valid():
         ({"loss": {"alpha": 1.5}}, "config error: loss.alpha = 1.5: must be a number <= 1"),
         ({"methods": ["rosd", "ppo"]}, "config error: methods.1 = 'ppo': must be one of 'base', 'rosd', 'rosd_solution_and_reflection', 'rosd_reflection_only', 'rosd_no_mask', 'sdpo', 'opsd', 'grpo'"),
         ({"train": {"lr": "fast"}}, "config error: train.lr = 'fast': must be of type number"),
+        ({"model": {"device": "tpu"}}, "config error: model.device = 'tpu': must be cpu, cuda, cuda:N or mps"),
         ({"evaluation": {"sample": 4}}, "config error: unknown key evaluation.sample: allowed are every_steps, max_new_tokens, samples, temperature, top_p"),
     ],
 )
