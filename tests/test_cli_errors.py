@@ -3,6 +3,7 @@
 
 Nothing here loads a model: the stages fail on their input before any heavy import."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -285,14 +286,25 @@ def _start_job(tmp_path, command: str):
     return snakemake, bash, _children(bash)[0], tmp_path / "job.stderr"
 
 
+@contextlib.contextmanager
+def _job(tmp_path, command: str):
+    """`_start_job`, and whatever of the job and its bash the test left alive killed afterwards."""
+    snakemake, bash, job, stderr = _start_job(tmp_path, command)
+    try:
+        yield snakemake, bash, job, stderr
+    finally:
+        for pid in (job, bash):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the lifeline reads /proc")
 
 
 @linux_only
 def test_job_dies_with_its_snakemake_and_writes_nothing(tmp_path):
     out, ready = tmp_path / "out.txt", tmp_path / "ready"
-    snakemake, bash, job, stderr = _start_job(tmp_path, f"{sys.executable} -c '{WRITER}' {out} {ready} 0.2")
-    try:
+    with _job(tmp_path, f"{sys.executable} -c '{WRITER}' {out} {ready} 0.2") as (snakemake, bash, job, stderr):
         _wait_until(ready.exists, 20, "the job did not start writing")
         grandchild = int(ready.read_text())
         assert [p.name for p in tmp_path.glob(".out.txt.*.partial")]
@@ -305,18 +317,13 @@ def test_job_dies_with_its_snakemake_and_writes_nothing(tmp_path):
         assert not out.exists() and not list(tmp_path.glob(".out.txt.*.partial"))
         assert "rosd writer: stopping: the snakemake that started this job" in stderr.read_text()
         assert "finished" not in stderr.read_text()  # the job failed: bash -e stopped there
-    finally:
-        for pid in (job, bash):
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 @linux_only
 def test_job_checks_its_snakemake_before_the_rename(tmp_path):
     """With the poll too slow to notice, the check before the atomic rename stops the job."""
     out, ready = tmp_path / "out.txt", tmp_path / "ready"
-    snakemake, bash, job, stderr = _start_job(tmp_path, f"{sys.executable} -c '{WRITER}' {out} {ready} 3600")
-    try:
+    with _job(tmp_path, f"{sys.executable} -c '{WRITER}' {out} {ready} 3600") as (snakemake, bash, job, stderr):
         _wait_until(ready.exists, 20, "the job did not start writing")
         snakemake.kill()
         snakemake.wait()
@@ -326,10 +333,6 @@ def test_job_checks_its_snakemake_before_the_rename(tmp_path):
         _wait_until(lambda: not _running(job), 5, "the job published after its snakemake died")
         assert not out.exists() and not list(tmp_path.glob(".out.txt.*.partial"))
         assert "stopping: the snakemake that started this job" in stderr.read_text()
-    finally:
-        for pid in (job, bash):
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 @linux_only
@@ -340,8 +343,7 @@ def test_rosd_command_waiting_for_a_gpu_dies_with_its_snakemake(tmp_path):
     slot = os.open(pool / "gpu-0.lock", os.O_RDWR | os.O_CREAT, 0o666)
     fcntl.flock(slot, fcntl.LOCK_EX)  # the one device is busy
     command = f"ROSD_GPUS=0 ROSD_GPU_POOL={pool} {sys.executable} -m rosd.cli --log {tmp_path}/job.log with-gpu --count 1 -- touch {out}"
-    snakemake, bash, job, stderr = _start_job(tmp_path, command)
-    try:
+    with _job(tmp_path, command) as (snakemake, bash, job, stderr):
         _wait_until(lambda: "waiting for 1 free GPU" in (tmp_path / "job.log").read_text() if (tmp_path / "job.log").exists() else False, 20, "rosd did not start waiting")
         snakemake.kill()
         snakemake.wait()
@@ -352,10 +354,6 @@ def test_rosd_command_waiting_for_a_gpu_dies_with_its_snakemake(tmp_path):
         line = _one_line(stderr.read_text())  # the terminal gets the reason, once
         assert line.startswith("rosd with-gpu: stopping: the snakemake that started this job (pid")
         assert line in (tmp_path / "job.log").read_text()
-    finally:
-        for pid in (job, bash):
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 @linux_only
