@@ -23,10 +23,8 @@ from pathlib import Path
 
 import torch
 
+from rosd.checkpoints import ADAPTER, TRAINER_STATE
 from rosd.modeling import load_model
-
-ADAPTER = "adapter"
-TRAINER_STATE = "trainer_state.pt"
 
 
 # The train keys of this module are optional in a stage's settings: absent means off.

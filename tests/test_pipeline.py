@@ -1,60 +1,19 @@
-"""Real Snakemake runs of the whole DAG on a shrunken config (tests/configs/tiny.yaml)."""
+"""Real Snakemake runs of the whole DAG on a shrunken config (tests/configs/tiny.yaml); the
+uninterrupted run is the session's `finished` fixture (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import base64
 import os
-import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
-EXP = Path("results") / "tiny"
-
-
-def snakemake_command(workdir: Path, *args: str, configs=()) -> list[str]:
-    configfiles = [str(TINY), *map(str, configs)]
-    return [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--cores", "2", "--configfile", *configfiles, *args,
-    ]
-
-
-def environment() -> dict:
-    # The rules call the `rosd` command installed beside this Python.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def run(workdir: Path, *args: str, configs=(), check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        snakemake_command(workdir, *args, configs=configs), env=environment(), capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule -> count."""
-    table = dry_run_output.split("Job stats:")[-1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if m.group(1) != "total"}
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("pipeline")
-    run(workdir)
-    return workdir
+from pipeline_run import EXP, environment, planned_jobs, run, snakemake_command
 
 
 def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
@@ -65,7 +24,6 @@ def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
     for method in ("opsd", "rosd"):
         for round_index in (1, 2):
             run_dir = exp / "runs" / method / "math" / "seed0" / f"round{round_index}"
-            assert (run_dir / "checkpoint" / "trainer_state.pt").exists()
             metrics = pd.read_json(run_dir / "metrics.json", typ="series")
             for key in ("reflection_parse_rate", "quote_found_rate", "quote_start_frac", "loss_token_frac", "first_error_hit_rate"):
                 assert key in metrics
@@ -74,6 +32,18 @@ def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
     mlflow.set_tracking_uri(f"sqlite:///{exp / 'mlflow.db'}")
     parents = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.level = 'seed'")
     assert len(parents) == 3
+
+
+def test_a_run_keeps_theta0_the_evaluated_weights_and_its_newest_checkpoint(finished):
+    """Round checkpoints are temporary (rosd/checkpoints.py). Every round is evaluated here
+    (tiny.yaml: `evaluation.every_steps: 1`): round 1 keeps its weights alone, the last round its
+    whole checkpoint (to resume), and θ0 is links to the shipped model, not a copy."""
+    exp = finished / EXP
+    runs = [f"runs/{m}/math/seed0" for m in ("opsd", "rosd")]
+    expected = {"models/theta0": False}
+    expected.update({f"{r}/round1/model": False for r in runs} | {f"{r}/round2/model": True for r in runs})
+    assert _kept_models(exp) == expected
+    assert all(p.is_symlink() for p in (exp / "models" / "theta0").iterdir() if not p.name.startswith("."))
 
 
 def test_second_run_has_nothing_to_do(finished):
@@ -99,8 +69,9 @@ def test_invalid_config_stops_before_any_job_with_one_line(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def _stage_process(workdir: Path, stages) -> tuple[str, int] | None:
-    """A running `rosd <stage>` job of this run (its cwd is the run's directory), if any."""
+def _stage_processes(workdir: Path, stages) -> dict[str, int]:
+    """Running `rosd <stage>` jobs of this run (their cwd is the run's directory): stage -> a pid."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -113,8 +84,8 @@ def _stage_process(workdir: Path, stages) -> tuple[str, int] | None:
             continue
         for stage in stages:
             if stage.encode() in cmdline:
-                return stage, int(proc.name)
-    return None
+                found[stage] = int(proc.name)
+    return found
 
 
 def _mtimes(root: Path) -> dict[Path, float]:
@@ -133,22 +104,28 @@ STAGES = ("rollouts", "grade", "reflect", "teacher-score", "distill", "evaluate"
 TABLES = ("comparison.csv", "comparison.md", "evals.csv", "rounds.csv", "localization.csv")
 
 
-def _run_and_kill(workdir: Path, stages, *args: str, kill_snakemake: bool = False) -> tuple[subprocess.Popen, str | None]:
-    """Start the pipeline; SIGKILL the first job of one of ``stages`` that starts (or, with
-    ``kill_snakemake``, Snakemake itself). Returns the finished process and the stage killed."""
+def _run_and_kill(workdir: Path, stages, *args: str, kill_snakemake: bool = False) -> tuple[subprocess.Popen, list[str]]:
+    """Start the pipeline and SIGKILL the first job of each of ``stages`` that starts (with
+    ``kill_snakemake``, Snakemake itself once one does). Returns the finished process and the
+    stages killed."""
     process = subprocess.Popen(snakemake_command(workdir, *args), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, killed = time.time() + 600, None
-    while stages and killed is None and time.time() < deadline and process.poll() is None:
-        found = _stage_process(workdir, stages)
-        if found is not None:
-            killed = found[0]
+    deadline, killed = time.time() + 600, []
+    while time.time() < deadline and process.poll() is None:
+        for stage, pid in _stage_processes(workdir, [s for s in stages if s not in killed]).items():
+            killed.append(stage)
             if kill_snakemake:
                 process.kill()
-            else:
-                os.kill(found[1], signal.SIGKILL)
+                break
+            os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     process.wait(timeout=600)
     return process, killed
+
+
+def _kept_models(exp: Path) -> dict[str, bool]:
+    """Every model directory a run left (θ0, checkpoints, kept models): path -> holds trainer state."""
+    dirs = [p.parent for p in exp.rglob("config.json")]
+    return {str(d.relative_to(exp)): (d / "trainer_state.pt").exists() for d in dirs}
 
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the stage processes through /proc")
@@ -160,11 +137,11 @@ def test_killed_snakemake_and_every_killed_stage_resume_to_identical_tables(fini
     uninterrupted run's (the same seed gives the same bytes)."""
     exp = tmp_path / EXP
     _, killed = _run_and_kill(tmp_path, ("distill",), kill_snakemake=True)
-    assert killed == "distill", "no distillation job started"
+    assert killed == ["distill"], "no distillation job started"
     deadline = time.time() + 30
-    while _stage_process(tmp_path, ("distill",)) is not None and time.time() < deadline:
+    while _stage_processes(tmp_path, ("distill",)) and time.time() < deadline:
         time.sleep(0.2)
-    assert _stage_process(tmp_path, ("distill",)) is None, "the distillation job outlived its Snakemake"
+    assert not _stage_processes(tmp_path, ("distill",)), "the distillation job outlived its Snakemake"
     # A job that published its output just before Snakemake died is marked incomplete, and
     # --rerun-incomplete runs it again: only what Snakemake recorded as finished must stay.
     incomplete = _incomplete_outputs(tmp_path)
@@ -173,21 +150,27 @@ def test_killed_snakemake_and_every_killed_stage_resume_to_identical_tables(fini
     run(tmp_path, "--unlock")
 
     remaining = list(STAGES)
-    for _ in range(len(STAGES) + 2):
-        # One job at a time, so no job of a stage not killed yet finishes beside the victim.
-        process, killed = _run_and_kill(tmp_path, remaining, "--rerun-incomplete", "--cores", "1")
+    for _ in range(len(STAGES) + 1):
+        # --keep-going: the jobs not downstream of a killed one go on, so one run kills a job of
+        # every remaining stage it starts (each stage's first job dies before it can finish).
+        process, killed = _run_and_kill(tmp_path, remaining, "--rerun-incomplete", "--keep-going")
         now = _mtimes(exp)
-        rewritten = [str(p) for p, t in finished_files.items() if now.get(p) != t]
+        rewritten = [str(p) for p, t in finished_files.items() if p in now and now[p] != t]
         assert not rewritten, f"finished files written again: {rewritten[:5]}"
+        # Only a temporary checkpoint may go, once the next round has read it.
+        vanished = [str(p) for p in finished_files if p not in now and "checkpoint" not in p.relative_to(exp).parts]
+        assert not vanished, f"finished files removed: {vanished[:5]}"
         # The MLflow store is not a stage output: the track rule updates it, idempotently.
         finished_files = {p: t for p, t in now.items() if not p.name.startswith("mlflow.db") and "mlartifacts" not in p.parts}
-        if killed is None:
+        if not killed:
             assert process.returncode == 0
             break
         assert process.returncode != 0, f"killing {killed} did not fail its run"
-        remaining.remove(killed)
+        remaining = [s for s in remaining if s not in killed]
     assert not remaining, f"stages never killed: {remaining}"
     for table in TABLES:
         assert (exp / "tables" / table).read_bytes() == (finished / EXP / "tables" / table).read_bytes(), table
     for metrics in sorted((finished / EXP / "runs").rglob("metrics.json")):
         assert (tmp_path / metrics.relative_to(finished)).read_bytes() == metrics.read_bytes(), metrics
+    # The kills left no checkpoint behind that the uninterrupted run removed.
+    assert _kept_models(exp) == _kept_models(finished / EXP)

@@ -22,13 +22,14 @@ import pytest
 import yaml
 from matplotlib.image import imread
 from mlflow import MlflowClient
-from test_pipeline import EXP, run
+from pipeline_run import EXP, run
 
 from rosd.cli import main as rosd_main
 from rosd.plots import with_base_as_round_zero
 from rosd.tracking import reflection_sample, tracking_uri
 
-OVERLAY = {"methods": ["base", "opsd", "rosd"], "seeds": [0, 1]}
+# Only the last round evaluated: the learning curves have θ0 and round 2.
+OVERLAY = {"methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None}}
 PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png"]
 # (method, target, seed) of every parent run: θ0 once per seed as "base"/"all", each trained run
 PARENTS = sorted([("base", "all", s) for s in (0, 1)] + [(m, "math", s) for m in ("opsd", "rosd") for s in (0, 1)])

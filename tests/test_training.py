@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from rosd.checkpoints import ADAPTER, TRAINER_STATE
 from rosd.io import read_jsonl, write_jsonl
 from rosd.modeling import load_model, load_tokenizer
 from rosd.stages.distill import run_distill, train_step
 from rosd.stages.teacher import run_teacher_score, teacher_targets
-from rosd.training import ADAPTER, TRAINER_STATE, load_student, unsupported
+from rosd.training import load_student, unsupported
 from tiny_model import hand_made_rollouts, small_model_dir
 
 TRAIN = {

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
-from rosd.io import atomic_dir, write_jsonl
+from rosd.io import write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,8 @@ def prepare_data(*, name: str, split: str, settings: dict, out: str) -> None:
 
 
 def init_model(*, settings: dict, out: str) -> None:
-    """Place θ0 at ``out``: the shipped embedded-world model, a fresh warm start, or (``path``) a
-    local directory, hub name or packaged GGUF (rosd/model_source.py)."""
+    """Place θ0 at ``out``: links to the shipped embedded-world model, a fresh warm start, or
+    (``path``) a local directory, hub name or packaged GGUF (rosd/model_source.py)."""
     init = settings["init"]
     if init == "warm_start":
         from rosd.world.warm_start import run_warm_start
@@ -43,9 +42,8 @@ def init_model(*, settings: dict, out: str) -> None:
 
         place_model(settings, out)
         return
-    source = SHIPPED_THETA0
-    if not (source / "config.json").exists():
-        raise SystemExit(f"model.init={init!r}: no Hugging Face model directory at {source}")
-    with atomic_dir(out) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md"))
-    log.info("θ0 copied from %s to %s", source, out)
+    if not (SHIPPED_THETA0 / "config.json").exists():
+        raise SystemExit(f"model.init={init!r}: no Hugging Face model directory at {SHIPPED_THETA0}")
+    from rosd.model_source import link_model
+
+    link_model(SHIPPED_THETA0, out)

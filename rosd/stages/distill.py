@@ -26,8 +26,8 @@ from rosd.losses import (
 )
 from rosd.modeling import load_model, load_tokenizer
 from rosd.scoring import batches, logp_of, response_tokens
-from rosd.stages.teacher import EMA_TEACHER
-from rosd.training import TRAINER_STATE, Accelerated, SingleProcess, load_student, save_student, unsupported
+from rosd.checkpoints import EMA_TEACHER, TRAINER_STATE
+from rosd.training import Accelerated, SingleProcess, load_student, save_student, unsupported
 
 log = logging.getLogger(__name__)
 

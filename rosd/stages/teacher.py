@@ -14,6 +14,7 @@ import torch
 
 from pathlib import Path
 
+from rosd.checkpoints import EMA_TEACHER
 from rosd.io import atomic_path, read_jsonl
 from rosd.losses import add_tail
 from rosd.modeling import load_model, load_tokenizer
@@ -57,9 +58,6 @@ def teacher_targets(teacher, student, rows: list[dict], *, support: str, topk: i
     for row, target in zip(order, scored):
         targets[row] = target
     return targets
-
-
-EMA_TEACHER = "ema_teacher"
 
 
 def teacher_dir(kind: str, theta0: str, student: str) -> str:

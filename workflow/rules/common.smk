@@ -44,10 +44,24 @@ def teacher_input(wildcards):
 
 
 def evaluated_model(wildcards):
-    """The checkpoint one evaluation job reads: θ0 for method "base"."""
+    """The model one evaluation job reads: θ0 for method "base", else the round's kept model."""
     if wildcards.method == "base":
         return THETA0
-    return checkpoint_dir(wildcards.method, wildcards.target, wildcards.seed, wildcards.round)
+    return f"{ROUND}/model".format(**wildcards)
+
+
+def round_checkpoint():
+    """Distill's checkpoint output: temporary (removed once the next round and the round's keep job
+    have read it, rosd/checkpoints.py) unless `checkpoints.keep: all`."""
+    weights_and_state = directory(f"{ROUND}/checkpoint")
+    return weights_and_state if config["checkpoints"]["keep"] == "all" else temp(weights_and_state)
+
+
+def keep_settings(wildcards):
+    """A kept model holds the whole checkpoint in a run's last round (to resume), else the weights
+    in the model's dtype."""
+    last = int(wildcards.round) == rounds_of(wildcards.target)
+    return as_json({"resumable": last, "dtype": config["model"]["dtype"]})
 
 
 def train_rows(target):

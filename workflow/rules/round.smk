@@ -90,7 +90,7 @@ rule distill:
         reflections=f"{ROUND}/reflections.jsonl",
         teacher_scores=f"{ROUND}/teacher.pt",
     output:
-        model=directory(f"{ROUND}/checkpoint"),
+        model=round_checkpoint(),
         metrics=f"{ROUND}/metrics.json",
     log:
         f"{ROUND}/logs/distill.log",
@@ -108,3 +108,20 @@ rule distill:
             " --log {log} distill --model {input.model} --reflections {input.reflections} --teacher-scores {input.teacher_scores}"
             " --out-model {output.model} --out-metrics {output.metrics} --settings {params.settings:q}",
         )
+
+
+# What an evaluated round keeps of its temporary checkpoint, by hard links (rosd/checkpoints.py).
+rule keep_checkpoint:
+    input:
+        f"{ROUND}/checkpoint",
+    output:
+        directory(f"{ROUND}/model"),
+    log:
+        f"{ROUND}/logs/keep_checkpoint.log",
+    localrule: True
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        settings=keep_settings,
+    shell:
+        "rosd --log {log} keep-checkpoint --checkpoint {input} --out {output} --settings {params.settings:q}"

@@ -1,0 +1,44 @@
+"""Running the workflow from tests: Snakemake on tests/configs/tiny.yaml (plus overlays) in a
+directory of the test's own, with the `rosd` command of this Python."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+EXP = Path("results") / "tiny"
+
+
+def snakemake_command(workdir: Path, *args: str, configs=()) -> list[str]:
+    configfiles = [str(TINY), *map(str, configs)]
+    return [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--cores", "2", "--configfile", *configfiles, *args,
+    ]
+
+
+def environment() -> dict:
+    # The rules call the `rosd` command installed beside this Python.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run(workdir: Path, *args: str, configs=(), check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        snakemake_command(workdir, *args, configs=configs), env=environment(), capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    table = dry_run_output.split("Job stats:")[-1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if m.group(1) != "total"}
