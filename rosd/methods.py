@@ -79,6 +79,17 @@ def resolve(config: dict, method: str) -> dict:
     return _merge(settings, config.get("method_overrides", {}).get(method, {}))
 
 
+def unsupported(method: dict, train: dict) -> str | None:
+    """Why these settings cannot train (rosd/training.py), as one line; None when they can. The
+    train keys read here are optional: absent means off. (Torch-free: the Snakefile calls it.)"""
+    ema, lora = method.get("teacher") == "ema", train.get("lora")
+    if train.get("launcher", "none") == "accelerate" and (ema or lora):
+        return "train.launcher=accelerate supports full fine-tuning with a frozen teacher only (no train.lora, no EMA teacher)"
+    if ema and lora:
+        return "train.lora cannot train a method with an EMA teacher (sdpo): the EMA averages full weights"
+    return None
+
+
 def evaluation_rounds(rounds: int, steps_per_round: int, every_steps: int | None) -> list[int]:
     """The rounds (1-based) whose checkpoint is evaluated: those ending on a multiple of
     ``every_steps`` optimizer steps, and the last round always (θ0 is evaluated apart)."""

@@ -27,19 +27,6 @@ from rosd.checkpoints import ADAPTER, TRAINER_STATE
 from rosd.modeling import load_model
 
 
-# The train keys of this module are optional in a stage's settings: absent means off.
-
-
-def unsupported(method: dict, train: dict) -> str | None:
-    """Why these settings cannot train, as one line (None when they can)."""
-    ema, lora = method.get("teacher") == "ema", train.get("lora")
-    if train.get("launcher", "none") == "accelerate" and (ema or lora):
-        return "train.launcher=accelerate supports full fine-tuning with a frozen teacher only (no train.lora, no EMA teacher)"
-    if ema and lora:
-        return "train.lora cannot train a method with an EMA teacher (sdpo): the EMA averages full weights"
-    return None
-
-
 def load_student(model_dir: str, train: dict, device: str):
     """The trainable student in float32: the previous checkpoint, or the base plus the previous
     round's LoRA adapter when it has one (a fresh adapter when ``train.lora`` is set and it has none)."""

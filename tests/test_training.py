@@ -23,7 +23,8 @@ from rosd.io import read_jsonl, write_jsonl
 from rosd.modeling import load_model, load_tokenizer
 from rosd.stages.distill import run_distill, train_step
 from rosd.stages.teacher import run_teacher_score, teacher_targets
-from rosd.training import load_student, unsupported
+from rosd.methods import unsupported
+from rosd.training import load_student
 from tiny_model import hand_made_rollouts, small_model_dir
 
 TRAIN = {

@@ -14,6 +14,7 @@ from statistics import mean
 
 import torch
 
+from rosd.checkpoints import EMA_TEACHER, TRAINER_STATE
 from rosd.io import atomic_dir, read_jsonl, write_json
 from rosd.losses import (
     add_tail,
@@ -24,10 +25,10 @@ from rosd.losses import (
     masked_token_mean,
     sampled_token_reverse_kl,
 )
+from rosd.methods import unsupported
 from rosd.modeling import load_model, load_tokenizer
 from rosd.scoring import batches, logp_of, response_tokens
-from rosd.checkpoints import EMA_TEACHER, TRAINER_STATE
-from rosd.training import Accelerated, SingleProcess, load_student, save_student, unsupported
+from rosd.training import Accelerated, SingleProcess, load_student, save_student
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
-
-from pathlib import Path
 
 from rosd.checkpoints import EMA_TEACHER
 from rosd.io import atomic_path, read_jsonl

@@ -13,7 +13,15 @@ RUN = f"{EXP}/runs/{{method}}/{{target}}/seed{{seed}}"
 ROUND = f"{RUN}/round{{round}}"
 EVAL = f"{EXP}/eval/{{method}}/{{target}}/seed{{seed}}/round{{round}}/{{benchmark}}"
 THETA0 = f"{EXP}/models/theta0"
-TRAINED = [m for m in config["methods"] if trains(resolve(config, m))]
+
+
+@functools.cache
+def method_settings(method):
+    """A method's resolved settings (rosd/methods.py), once per method: callers only read them."""
+    return resolve(config, method)
+
+
+TRAINED = [m for m in config["methods"] if trains(method_settings(m))]
 
 
 wildcard_constraints:
@@ -38,7 +46,7 @@ def previous_checkpoint(wildcards):
 
 def teacher_input(wildcards):
     """θ0 for a frozen teacher; otherwise the previous checkpoint, which holds the EMA or live weights."""
-    if resolve(config, wildcards.method)["teacher"] == "frozen":
+    if method_settings(wildcards.method)["teacher"] == "frozen":
         return THETA0
     return previous_checkpoint(wildcards)
 
@@ -98,7 +106,7 @@ def rounds_of(target):
 def evaluated_rounds(method, target):
     """Rounds whose checkpoint is evaluated: every `evaluation.every_steps` steps and the last one
     (θ0, before training, is evaluated as "base")."""
-    steps_per_round = resolve(config, method)["train"]["steps_per_round"]
+    steps_per_round = method_settings(method)["train"]["steps_per_round"]
     return evaluation_rounds(rounds_of(target), steps_per_round, config["evaluation"]["every_steps"])
 
 
@@ -186,7 +194,7 @@ REFLECT_KEYS = ("group_filter", "skip_no_success", "sibling", "teacher_prompt_ma
 def stage_settings(stage, wildcards):
     """The JSON settings of one round stage of one run: only the keys the stage reads, so a change
     reruns the stages it affects (and what follows them), never the others."""
-    method = resolve(config, wildcards.method)
+    method = dict(method_settings(wildcards.method))
     train = method.pop("train")
     common = model_settings(seed=int(wildcards.seed), round=int(wildcards.round))
     if stage == "rollouts":

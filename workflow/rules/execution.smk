@@ -5,8 +5,7 @@ import sys
 
 from rosd import lifeline
 from rosd.gpu_pool import SNAKEMAKE_PREFIX
-from rosd.methods import resolve
-from rosd.training import unsupported
+from rosd.methods import unsupported
 
 # A GPU job's command runs through `rosd with-gpu` (rosd/gpu_pool.py) when ROSD_GPUS is set: one
 # machine, several GPUs, each GPU job gets its own device(s). Unset, the prefix is empty.
@@ -26,7 +25,7 @@ NO_REFERENCE_SOLUTIONS = ("sciknoweval", "tooluse", "reasoning_gym")
 
 # Stop before any job on settings the trainer cannot run (one line, like a config error).
 for _method in TRAINED:
-    _settings = resolve(config, _method)
+    _settings = method_settings(_method)
     if _problem := unsupported(_settings, _settings["train"]):
         sys.exit(f"config error: {_problem}")
     if _settings["teacher_context"] == "reference":

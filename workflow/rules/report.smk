@@ -1,7 +1,7 @@
 # Tables, plots and MLflow: the only rules that read across runs. One rule writes the MLflow store,
 # so parallel jobs never contend for its SQLite file (SPEC §6). Files marked report(...) go into
 # `snakemake --report report.html` (or report.zip); captions, which say how to read each file, are in
-# workflow/report/.
+# workflow/report/. They are local rules: on a cluster they run beside Snakemake, not as allocations.
 
 
 rule aggregate:
@@ -41,6 +41,7 @@ rule aggregate:
         ),
     log:
         f"{EXP}/logs/aggregate.log",
+    localrule: True
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -87,6 +88,7 @@ rule plots:
         ),
     log:
         f"{EXP}/logs/plots.log",
+    localrule: True
     conda:
         "../envs/cpu.yaml"
     shell:
@@ -101,6 +103,7 @@ rule track:
         f"{EXP}/mlflow.ingested.json",
     log:
         f"{EXP}/logs/track.log",
+    localrule: True
     conda:
         "../envs/cpu.yaml"
     params:
