@@ -15,6 +15,7 @@ failure also writes the one-line reason to the stderr it was started with (Snake
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
 
         lifeline.start(prog, report=err.report)
         _run(args)
+        # Done (every output is in place): keep the collector out of the interpreter's teardown, which
+        # otherwise walks torch's and transformers' objects for ~1 s (benchmarks/round_cost.py).
+        gc.freeze()
     except SystemExit as exit_:
         if err.original is not None and isinstance(exit_.code, str):
             err.line(f"{prog}: {exit_.code}")
