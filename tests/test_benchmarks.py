@@ -1,5 +1,7 @@
-"""The GPU benchmark's --smoke mode runs here (CPU, tiny shapes): the script's code paths through
-rosd's engine, teacher scoring and train step are checked; its numbers mean nothing here."""
+"""The benchmarks' scripts run here on small shapes, so their code paths are checked; their numbers
+mean nothing here. The GPU benchmark's --smoke mode runs rosd's engine, teacher scoring and train
+step on the CPU; the round-cost benchmark times the tiny config's round; the paper-DAG benchmark
+plans a matrix capped at two rounds."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,3 +27,32 @@ def test_gpu_throughput_smoke_writes_every_phase(tmp_path):
         assert report[phase]["tokens_per_s"] > 0, phase
     assert report["rollouts"]["generated_tokens"] > 0 and report["training"]["model_flops"] > 0
     assert "training" in done.stdout and "tokens/s" in done.stdout
+
+
+def test_round_cost_times_every_stage_both_ways(tmp_path):
+    out = tmp_path / "round_cost.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "round_cost.py"), "--config", "tiny", "--repeats", "1", "--out", str(out)],
+        env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["stages"]) == {"rollouts", "grade", "reflect", "teacher-score", "distill"}
+    for stage in report["stages"].values():
+        assert stage["pipeline_s"] > 0 and stage["fused_s"] > 0
+        assert set(stage["phases_s"]) == {"start", "imports", "stage", "exit"}
+    assert report["round_pipeline_s"] == pytest.approx(sum(s["pipeline_s"] for s in report["stages"].values()), abs=0.01)
+    assert report["ratio"] == pytest.approx(report["round_pipeline_s"] / report["round_fused_s"], rel=0.01)
+
+
+def test_paper_dag_plans_a_capped_matrix(tmp_path):
+    out = tmp_path / "dag.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "paper_dag.py"), "--seeds", "1", "--rounds", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = json.loads(out.read_text())["jobs"]
+    # 6 trained methods x 5 targets x 2 rounds; each run evaluates its last round on 6 benchmarks
+    assert jobs["distill"] == 60 and jobs["rollouts"] == 60
+    assert jobs["evaluate"] == 6 + 6 * 5 * 6

@@ -1,0 +1,219 @@
+"""What one training round costs as pipeline jobs, against the same work in one warm process.
+
+    python benchmarks/round_cost.py [--config default|tiny] [--model world|qwen3-0.6b] [--repeats 2] [--out FILE]
+
+It runs one rosd round of the default config (16 prompts x 8 rollouts of up to 96 tokens; ``tiny``:
+tests/configs/tiny.yaml, 4 x 4 of up to 48) through Snakemake up to its distill job, then times the
+round's five stage commands (rollouts, grade, reflect, teacher-score, distill) two ways, each on the
+same inputs:
+
+- **pipeline**: each command as the rule runs it, a fresh process (`rosd <stage> ...`): process start,
+  imports, the lazy imports inside the first `from_pretrained`, model loads, the work, the exit.
+- **fused**: the same stage functions called in one Python process that already ran them once, so
+  imports are paid and only the work (and each stage's model load from disk) is timed.
+
+Each timing is the best of ``--repeats``. The difference is the round's fixed cost per stage; the
+ratio pipeline/fused is what fusing the round's stages into one process (models kept loaded) could
+win at most. A third, instrumented cold run per stage splits the pipeline time into phases: the
+interpreter's start, the imports of the stage's module, the stage command (its lazy imports, model
+loads and work) and the exit after it returned. Model load and checkpoint write are timed per GB.
+
+``--model qwen3-0.6b`` makes θ0 a Qwen3-0.6B-shaped model with random weights (the world's
+tokenizer; 2.4 GB in float32): generation runs to the token limit and training moves 0.6 B
+parameters, so the work dominates more. Snakemake's own gaps between jobs are not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("rollouts", "grade", "reflect", "teacher-score", "distill")
+OVERLAY = {
+    "methods": ["rosd"], "rounds": 1, "benchmarks": ["math"], "tracking": {"mlflow": False},
+    "evaluation": {"every_steps": None},
+}  # fmt: skip
+QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                 intermediate_size=3072, head_dim=128, tie_word_embeddings=True, max_position_embeddings=4096)
+
+
+# A cold stage run with timestamps (CLOCK_MONOTONIC, shared by processes): started, imported, returned.
+PHASES = """
+import time; started = time.monotonic()
+import importlib, json, sys
+from rosd.cli import STAGES, main
+argv = json.loads(sys.argv[1])
+importlib.import_module(STAGES[argv[0]][0])
+imported = time.monotonic()
+main(argv)
+print(json.dumps([started, imported, time.monotonic()]))
+"""
+
+
+def environment() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def snakemake(workdir: Path, configs: list[Path], *args: str) -> str:
+    command = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+        "--configfile", *map(str, configs), *args,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=environment(), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"snakemake failed:\n{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def random_qwen3(out: Path) -> None:
+    """θ0 = a Qwen3-0.6B-shaped model with random weights and the world's tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from rosd.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(REPO / "rosd" / "world" / "theta0"))
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=151_936, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **QWEN3_06B)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def stage_commands(workdir: Path, configs: list[Path]) -> dict[str, list[str]]:
+    """The round's stage commands as the rules run them, without their --log."""
+    printed = snakemake(workdir, configs, "-n", "-p", "--forcerun", "rollouts", "--until", "distill")
+    commands = {}
+    for line in printed.splitlines():
+        if "rosd --log" not in line:
+            continue
+        argv = shlex.split(line[line.index("rosd --log") :])
+        argv = argv[3:]  # drop rosd --log FILE
+        if argv[0] in STAGES:
+            commands[argv[0]] = argv
+    missing = set(STAGES) - set(commands)
+    if missing:
+        sys.exit(f"no command printed for {sorted(missing)}:\n{printed[-2000:]}")
+    return commands
+
+
+def phases(argv: list[str]) -> dict[str, float]:
+    """One instrumented cold run of a stage: seconds of each phase."""
+    before = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", PHASES, json.dumps(argv)], env=environment(), check=True, capture_output=True, text=True)
+    after = time.monotonic()
+    started, imported, returned = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"start": started - before, "imports": imported - started, "stage": returned - imported, "exit": after - returned}
+
+
+def in_process(argv: list[str]):
+    """The stage function and its keyword arguments for one command line (rosd/cli.py's table)."""
+    from rosd.cli import NO_SETTINGS
+    from rosd.cli import STAGES as CLI_STAGES
+
+    module, function, files = CLI_STAGES[argv[0]]
+    options = dict(zip(argv[1::2], argv[2::2]))
+    kwargs = {name: options["--" + name.replace("_", "-")] for name in files}
+    if argv[0] not in NO_SETTINGS:
+        kwargs["settings"] = json.loads(options["--settings"])
+    return getattr(importlib.import_module(module), function), kwargs
+
+
+def best(times: list[float]) -> float:
+    return round(min(times), 3)
+
+
+def dir_gb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=["default", "tiny"], default="default")
+    parser.add_argument("--model", choices=["world", "qwen3-0.6b"], default="world")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of both ways (Snakemake gives a job without `threads` 1)")
+    parser.add_argument("--out", help="also write the result as JSON")
+    args = parser.parse_args()
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        overlay = dict(OVERLAY)
+        if args.model == "qwen3-0.6b":
+            random_qwen3(workdir / "qwen3_random")
+            overlay["model"] = {"init": "path", "path": str(workdir / "qwen3_random")}
+        overlay_file = workdir / "overlay.json"
+        overlay_file.write_text(json.dumps(overlay))
+        configs = [REPO / "tests" / "configs" / "tiny.yaml"] if args.config == "tiny" else []
+        configs = [REPO / "config" / "config.yaml", *configs, overlay_file]
+        print("running the round once through Snakemake ...", flush=True)
+        snakemake(workdir, configs, "--until", "distill", "--notemp")
+        commands = stage_commands(workdir, configs)
+        os.chdir(workdir)
+
+        cold = {stage: [] for stage in STAGES}
+        for _ in range(args.repeats):
+            for stage in STAGES:
+                started = time.perf_counter()
+                subprocess.run(["rosd", *commands[stage]], env=environment(), check=True, capture_output=True)
+                cold[stage].append(time.perf_counter() - started)
+                print(f"pipeline {stage}: {cold[stage][-1]:.2f} s", flush=True)
+
+        split = {stage: phases(commands[stage]) for stage in STAGES}
+        calls = {stage: in_process(commands[stage]) for stage in STAGES}
+        for function, kwargs in calls.values():  # warm-up: imports and lazy imports paid once
+            function(**kwargs)
+        warm = {stage: [] for stage in STAGES}
+        for _ in range(args.repeats):
+            for stage in STAGES:
+                function, kwargs = calls[stage]
+                started = time.perf_counter()
+                function(**kwargs)
+                warm[stage].append(time.perf_counter() - started)
+                print(f"fused {stage}: {warm[stage][-1]:.2f} s", flush=True)
+
+        from rosd.modeling import load_model
+
+        model_dir = Path(commands["rollouts"][commands["rollouts"].index("--model") + 1])
+        gb = dir_gb(model_dir)
+        started = time.perf_counter()
+        model = load_model(str(model_dir))
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        model.save_pretrained(workdir / "write_check")
+        write_s = time.perf_counter() - started
+
+    stages = {
+        s: {"pipeline_s": best(cold[s]), "fused_s": best(warm[s]), "fixed_s": round(best(cold[s]) - best(warm[s]), 3),
+            "phases_s": {k: round(v, 3) for k, v in split[s].items()}}
+        for s in STAGES
+    }  # fmt: skip
+    pipeline, fused = sum(v["pipeline_s"] for v in stages.values()), sum(v["fused_s"] for v in stages.values())
+    result = {
+        "config": args.config, "model": args.model, "model_gb": round(gb, 3), "stages": stages,
+        "round_pipeline_s": round(pipeline, 2), "round_fused_s": round(fused, 2), "ratio": round(pipeline / fused, 2),
+        "load_s_per_gb": round(load_s / gb, 2), "write_s_per_gb": round(write_s / gb, 2),
+        "repeats": args.repeats, "threads": args.threads, "cpus": os.cpu_count(),
+    }  # fmt: skip
+    print(json.dumps(result, indent=2))
+    print(f"round: pipeline {pipeline:.1f} s, fused {fused:.1f} s, ratio {pipeline / fused:.2f}x "
+          f"(fixed cost {statistics.fmean(v['fixed_s'] for v in stages.values()):.1f} s a stage)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
