@@ -26,6 +26,9 @@ TRAINER_STATE = "trainer_state.pt"  # AdamW state and the global step (rosd/trai
 EMA_TEACHER = "ema_teacher"  # an EMA teacher's weights (rosd/stages/teacher.py)
 ADAPTER = "adapter"  # a LoRA adapter (rosd/training.py)
 TRAINING_ONLY = (TRAINER_STATE, EMA_TEACHER, ADAPTER)
+# Snakemake's mtime carrier inside a directory output: the kept model gets its own, never a link,
+# or touching one would touch the checkpoint's too (and make it look newer than what read it).
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -63,7 +66,7 @@ def keep_checkpoint(*, checkpoint: str, out: str, settings: dict) -> None:
     with atomic_dir(out) as tmp:
         for path in sorted(source.rglob("*")):
             relative = path.relative_to(source)
-            if not resumable and relative.parts[0] in TRAINING_ONLY:
+            if relative.name == SNAKEMAKE_TIMESTAMP or (not resumable and relative.parts[0] in TRAINING_ONLY):
                 continue
             if path.is_dir():
                 (tmp / relative).mkdir(parents=True, exist_ok=True)
