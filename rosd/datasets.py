@@ -226,12 +226,17 @@ def _directory_rows(path: Path, split_name: str) -> Rows:
     return Rows(dataset.to_list(), f"{path} split {split_name!r}", None, dataset.column_names)
 
 
+def split_file(directory: Path, split_name: str) -> Path | None:
+    """``<directory>/<split_name>.{jsonl,json,parquet}``, the first that exists, or None."""
+    return next((directory / f"{split_name}{suffix}" for suffix in BUILDERS if (directory / f"{split_name}{suffix}").is_file()), None)
+
+
 def local_rows(path: Path, split_name: str) -> Rows:
     """Rows of a file, or of ``<dir>/<split_name>.{jsonl,json,parquet}`` when ``path`` is a
     directory (else of the directory's ``split_name`` split as datasets finds it)."""
     if path.is_dir():
-        found = [path / f"{split_name}{suffix}" for suffix in BUILDERS if (path / f"{split_name}{suffix}").is_file()]
-        return _file_rows(found[0]) if found else _directory_rows(path, split_name)
+        found = split_file(path, split_name)
+        return _file_rows(found) if found else _directory_rows(path, split_name)
     if not path.exists():
         raise SystemExit(f"no such data file or directory: {path}")
     return _file_rows(path)

@@ -37,10 +37,12 @@ def _rows_in(path: Path) -> int:
 
 def local_train_rows(path: str | Path, split: str = "train") -> int:
     """Rows of a local train split: the file itself, or ``<split>.jsonl|.json|.parquet`` in a directory."""
+    from rosd.datasets import split_file  # the prepare_data stage's reading of a directory
+
     path = Path(path)
     if path.is_dir():
-        found = [path / f"{split}{suffix}" for suffix in (".jsonl", ".json", ".parquet") if (path / f"{split}{suffix}").exists()]
-        if not found:
+        found = split_file(path, split)
+        if found is None:
             raise FileNotFoundError(f"no {split}.jsonl, {split}.json or {split}.parquet in {path}")
-        path = found[0]
+        path = found
     return _rows_in(path)

@@ -10,6 +10,7 @@ import random
 from rosd.grading import score
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
 from rosd.reflection import find_quote, parse_reflection
+from rosd.stages.reflect import teacher_context
 from rosd.world.tasks import FAMILIES, corrupt, first_error_offset, generate
 
 
@@ -53,10 +54,9 @@ def evaluate_reflection(model_dir: str, family: str = "math", n: int = 200, seed
         temperature=temperature, seed=seed,
     )
     reflections = [parse_reflection(text) for text in texts]
-    teacher = [
-        teacher_messages(t, solution=None if r.explanation else t["solution"], reflection=r.explanation)
-        for t, r in zip(tasks, reflections)
-    ]
+    contexts = [teacher_context({"task": t, "sibling": t["solution"], "explanation": r.explanation}, "reflection_else_solution")
+                for t, r in zip(tasks, reflections)]
+    teacher = [teacher_messages(t, solution=solution, reflection=reflection) for t, (solution, reflection) in zip(tasks, contexts)]
     answers = _sample_texts(engine, teacher, temperature=temperature, seed=seed)
     return {
         "parse_rate": sum(r.parsed for r in reflections) / n,
