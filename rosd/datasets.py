@@ -524,6 +524,9 @@ ADAPTERS: dict[str, Callable[[str, dict, str, dict], list[dict]]] = {
     "math500": _math500,
     "reasoning_gym": _reasoning_gym,
 }
+# Adapters whose records carry no reference solution (``solution`` None): a teacher that reads the
+# dataset's solution (opsd) has nothing to read on them, so the workflow refuses that pairing.
+ADAPTERS_WITHOUT_SOLUTIONS = ("sciknoweval", "tooluse", "reasoning_gym")
 
 
 def load_benchmark(name: str, spec: dict, split: str, settings: dict) -> list[dict]:

@@ -4,6 +4,7 @@ import os
 import sys
 
 from rosd import lifeline
+from rosd.datasets import ADAPTERS_WITHOUT_SOLUTIONS
 from rosd.gpu_pool import SNAKEMAKE_PREFIX
 from rosd.methods import unsupported
 
@@ -20,9 +21,6 @@ lifeline.export_for_jobs()
 # The --use-conda environments install this checkout (workflow/envs/*.post-deploy.sh).
 os.environ.setdefault("ROSD_SOURCE", workflow.basedir)
 
-# Adapters whose rows carry no reference solution: an opsd teacher would read a bare prompt.
-NO_REFERENCE_SOLUTIONS = ("sciknoweval", "tooluse", "reasoning_gym")
-
 # Stop before any job on settings the trainer cannot run (one line, like a config error).
 for _method in TRAINED:
     _settings = method_settings(_method)
@@ -31,7 +29,7 @@ for _method in TRAINED:
     if _settings["teacher_context"] == "reference":
         for _target in config["targets"]:
             _adapter = config["data"]["datasets"].get(_target, {}).get("adapter")
-            if _adapter in NO_REFERENCE_SOLUTIONS:
+            if _adapter in ADAPTERS_WITHOUT_SOLUTIONS:
                 sys.exit(
                     f"config error: method {_method} reads the dataset's reference solution, and target {_target}"
                     f" ({_adapter}) has none; drop {_method} or the target (sdpo uses a sibling rollout instead)"
