@@ -9,8 +9,8 @@ same inputs:
 
 - **pipeline**: each command as the rule runs it, a fresh process (`rosd <stage> ...`): process start,
   imports, the lazy imports inside the first `from_pretrained`, model loads, the work, the exit.
-- **fused**: the same stage functions called in one Python process that already ran them once, so
-  imports are paid and only the work (and each stage's model load from disk) is timed.
+- **fused**: the same commands called in one Python process (`rosd.cli.main`) that already ran them
+  once, so imports are paid and only the work (and each stage's model load from disk) is timed.
 
 Each timing is the best of ``--repeats``. The difference is the round's fixed cost per stage; the
 ratio pipeline/fused is what fusing the round's stages into one process (models kept loaded) could
@@ -26,7 +26,6 @@ parameters, so the work dominates more. Snakemake's own gaps between jobs are no
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shlex
@@ -118,19 +117,6 @@ def phases(argv: list[str]) -> dict[str, float]:
     return {"start": started - before, "imports": imported - started, "stage": returned - imported, "exit": after - returned}
 
 
-def in_process(argv: list[str]):
-    """The stage function and its keyword arguments for one command line (rosd/cli.py's table)."""
-    from rosd.cli import NO_SETTINGS
-    from rosd.cli import STAGES as CLI_STAGES
-
-    module, function, files = CLI_STAGES[argv[0]]
-    options = dict(zip(argv[1::2], argv[2::2]))
-    kwargs = {name: options["--" + name.replace("_", "-")] for name in files}
-    if argv[0] not in NO_SETTINGS:
-        kwargs["settings"] = json.loads(options["--settings"])
-    return getattr(importlib.import_module(module), function), kwargs
-
-
 def best(times: list[float]) -> float:
     return round(min(times), 3)
 
@@ -173,15 +159,15 @@ def main() -> None:
                 print(f"pipeline {stage}: {cold[stage][-1]:.2f} s", flush=True)
 
         split = {stage: phases(commands[stage]) for stage in STAGES}
-        calls = {stage: in_process(commands[stage]) for stage in STAGES}
-        for function, kwargs in calls.values():  # warm-up: imports and lazy imports paid once
-            function(**kwargs)
+        from rosd.cli import main as rosd_command
+
+        for stage in STAGES:  # warm-up: imports and lazy imports paid once
+            rosd_command(commands[stage])
         warm = {stage: [] for stage in STAGES}
         for _ in range(args.repeats):
             for stage in STAGES:
-                function, kwargs = calls[stage]
                 started = time.perf_counter()
-                function(**kwargs)
+                rosd_command(commands[stage])
                 warm[stage].append(time.perf_counter() - started)
                 print(f"fused {stage}: {warm[stage][-1]:.2f} s", flush=True)
 
