@@ -4,17 +4,19 @@
 
 It runs one rosd round of the default config (16 prompts x 8 rollouts of up to 96 tokens; ``tiny``:
 tests/configs/tiny.yaml, 4 x 4 of up to 48) through Snakemake up to its distill job, then times the
-round's five stage commands (rollouts, grade, reflect, teacher-score, distill) two ways, each on the
+round's five stage commands (rollouts, grade, reflect, teacher-score, distill) three ways, each on the
 same inputs:
 
-- **pipeline**: each command as the rule runs it, a fresh process (`rosd <stage> ...`): process start,
+- **pipeline**: each command as its own process (`execution.stage_worker: false`): process start,
   imports, the lazy imports inside the first `from_pretrained`, model loads, the work, the exit.
+- **worker**: each command as the rules run it by default, `rosd <stage>` handed to a warm stage
+  worker (rosd/worker.py) that forks a child for it: the command's own start, the fork, model loads,
+  the work.
 - **fused**: the same commands called in one Python process (`rosd.cli.main`) that already ran them
   once, so imports are paid and only the work (and each stage's model load from disk) is timed.
 
-Each timing is the best of ``--repeats``. The difference is the round's fixed cost per stage; the
-ratio pipeline/fused is what fusing the round's stages into one process (models kept loaded) could
-win at most. A third, instrumented cold run per stage splits the pipeline time into phases: the
+Each timing is the best of ``--repeats``. The difference from fused is the round's fixed cost per
+stage; the ratios pipeline/fused and worker/fused say what is left of it. A third, instrumented cold run per stage splits the pipeline time into phases: the
 interpreter's start, the imports of the stage's module, the stage command (its lazy imports, model
 loads and work) and the exit after it returned. Model load and checkpoint write are timed per GB.
 
@@ -117,6 +119,29 @@ def phases(argv: list[str]) -> dict[str, float]:
     return {"start": started - before, "imports": imported - started, "stage": returned - imported, "exit": after - returned}
 
 
+def timed_through_worker(commands: dict[str, list[str]], repeats: int, log: Path) -> dict[str, list[float]]:
+    """Each stage command as the rules run it by default: `rosd <stage>` handed to a warm stage
+    worker (rosd/worker.py), started as Snakemake's onstart starts it and timed once it is ready."""
+    from rosd import worker
+
+    process = worker.start(str(log))
+    try:
+        while not os.path.exists(os.environ[worker.ENV]):
+            if process.poll() is not None:
+                sys.exit(f"the stage worker failed:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        times = {stage: [] for stage in STAGES}
+        for _ in range(repeats):
+            for stage in STAGES:
+                started = time.perf_counter()
+                subprocess.run(["rosd", *commands[stage]], env=environment(), check=True, capture_output=True)
+                times[stage].append(time.perf_counter() - started)
+                print(f"worker {stage}: {times[stage][-1]:.2f} s", flush=True)
+        return times
+    finally:
+        worker.stop(process)
+
+
 def best(times: list[float]) -> float:
     return round(min(times), 3)
 
@@ -158,6 +183,7 @@ def main() -> None:
                 cold[stage].append(time.perf_counter() - started)
                 print(f"pipeline {stage}: {cold[stage][-1]:.2f} s", flush=True)
 
+        through_worker = timed_through_worker(commands, args.repeats, workdir / "stage_worker.log")
         split = {stage: phases(commands[stage]) for stage in STAGES}
         from rosd.cli import main as rosd_command
 
@@ -183,19 +209,23 @@ def main() -> None:
         write_s = time.perf_counter() - started
 
     stages = {
-        s: {"pipeline_s": best(cold[s]), "fused_s": best(warm[s]), "fixed_s": round(best(cold[s]) - best(warm[s]), 3),
+        s: {"pipeline_s": best(cold[s]), "worker_s": best(through_worker[s]), "fused_s": best(warm[s]),
+            "fixed_s": round(best(cold[s]) - best(warm[s]), 3),
             "phases_s": {k: round(v, 3) for k, v in split[s].items()}}
         for s in STAGES
     }  # fmt: skip
     pipeline, fused = sum(v["pipeline_s"] for v in stages.values()), sum(v["fused_s"] for v in stages.values())
+    through = sum(v["worker_s"] for v in stages.values())
     result = {
         "config": args.config, "model": args.model, "model_gb": round(gb, 3), "stages": stages,
-        "round_pipeline_s": round(pipeline, 2), "round_fused_s": round(fused, 2), "ratio": round(pipeline / fused, 2),
+        "round_pipeline_s": round(pipeline, 2), "round_worker_s": round(through, 2), "round_fused_s": round(fused, 2),
+        "ratio": round(pipeline / fused, 2), "worker_ratio": round(through / fused, 2),
         "load_s_per_gb": round(load_s / gb, 2), "write_s_per_gb": round(write_s / gb, 2),
         "repeats": args.repeats, "threads": args.threads, "cpus": os.cpu_count(),
     }  # fmt: skip
     print(json.dumps(result, indent=2))
-    print(f"round: pipeline {pipeline:.1f} s, fused {fused:.1f} s, ratio {pipeline / fused:.2f}x "
+    print(f"round: pipeline {pipeline:.1f} s, through the stage worker {through:.1f} s, fused {fused:.1f} s, "
+          f"ratios {pipeline / fused:.2f}x and {through / fused:.2f}x "
           f"(fixed cost {statistics.fmean(v['fixed_s'] for v in stages.values()):.1f} s a stage)")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -57,6 +57,8 @@ INPUTS = {
     "track": ["exp_dir"],
 }
 BAD_INPUT, BUG = 2, 1
+# The commands the `rosd` command hands to a stage worker when Snakemake started one (rosd/worker.py).
+DELEGATED = {*STAGES, "track"}
 
 
 class UsageError(Exception):
@@ -286,6 +288,11 @@ def _run(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run one command. Bad input: one line on stderr and SystemExit(2); a stage's own
     ``SystemExit(message)`` passes through (exit 1); a bug propagates (its traceback, exit 1)."""
+    if argv is None and _prog(sys.argv[1:]).removeprefix("rosd ") in DELEGATED:
+        from rosd import worker
+
+        if (status := worker.delegate(sys.argv[1:])) is not None:
+            raise SystemExit(status)
     argv = list(sys.argv[1:] if argv is None else argv)
     err = _Stderr()
     prog = _prog(argv)

@@ -182,6 +182,11 @@ def _set_parent_death_signal(parent: int) -> bool:
     proc = _stat(parent)
     if proc is None or proc.threads != 1:
         return False
+    return die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> bool:
+    """Have the kernel send this process SIGTERM when ``parent`` (the thread that forked it) exits."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:

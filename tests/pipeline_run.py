@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ def snakemake_command(workdir: Path, *args: str, configs=()) -> list[str]:
     configfiles = [str(TINY), *map(str, configs)]
     return [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--cores", "2", "--configfile", *configfiles, *args,
+        "--cores", "2", *args, "--configfile", *configfiles,  # after the args: a target is not a config file
     ]
 
 
@@ -42,3 +43,13 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run: rule -> count."""
     table = dry_run_output.split("Job stats:")[-1]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if m.group(1) != "total"}
+
+
+def shell_command(workdir: Path, target: str) -> list[str]:
+    """The `rosd` command (argv after `rosd`, without its --log) of the job that makes ``target``
+    (a path relative to ``workdir``), as a dry run with --force prints it."""
+    printed = run(workdir, "-n", "-p", "--force", target).stdout
+    for line in printed.splitlines():
+        if "rosd --log" in line:
+            return shlex.split(line[line.index("rosd --log") :])[3:]
+    raise AssertionError(f"no rosd command printed for {target}:\n{printed[-2000:]}")

@@ -69,8 +69,9 @@ def test_invalid_config_stops_before_any_job_with_one_line(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def _stage_processes(workdir: Path, stages) -> dict[str, int]:
-    """Running `rosd <stage>` jobs of this run (their cwd is the run's directory): stage -> a pid."""
+def _processes_in(workdir: Path) -> dict[int, list[bytes]]:
+    """Live processes whose cwd is the run's directory (its jobs, and the stage worker's forks
+    running them): pid -> command line."""
     found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -80,11 +81,19 @@ def _stage_processes(workdir: Path, stages) -> dict[str, int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if Path(cwd) != workdir or not any(part.endswith(b"rosd") for part in cmdline):
-            continue
-        for stage in stages:
-            if stage.encode() in cmdline:
-                found[stage] = int(proc.name)
+        if Path(cwd) == workdir and cmdline != [b""]:  # a zombie has no command line
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def _stage_processes(workdir: Path, stages) -> dict[str, int]:
+    """Running `rosd <stage>` jobs of this run: stage -> a pid."""
+    found = {}
+    for pid, cmdline in _processes_in(workdir).items():
+        if any(part.endswith(b"rosd") for part in cmdline):
+            for stage in stages:
+                if stage.encode() in cmdline:
+                    found[stage] = pid
     return found
 
 
@@ -139,9 +148,10 @@ def test_killed_snakemake_and_every_killed_stage_resume_to_identical_tables(fini
     _, killed = _run_and_kill(tmp_path, ("distill",), kill_snakemake=True)
     assert killed == ["distill"], "no distillation job started"
     deadline = time.time() + 30
-    while _stage_processes(tmp_path, ("distill",)) and time.time() < deadline:
+    while _processes_in(tmp_path) and time.time() < deadline:
         time.sleep(0.2)
     assert not _stage_processes(tmp_path, ("distill",)), "the distillation job outlived its Snakemake"
+    assert not _processes_in(tmp_path), "a job or a worker's fork outlived its Snakemake"
     # A job that published its output just before Snakemake died is marked incomplete, and
     # --rerun-incomplete runs it again: only what Snakemake recorded as finished must stay.
     incomplete = _incomplete_outputs(tmp_path)

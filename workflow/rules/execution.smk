@@ -3,7 +3,7 @@
 import os
 import sys
 
-from rosd import lifeline
+from rosd import lifeline, worker
 from rosd.datasets import ADAPTERS_WITHOUT_SOLUTIONS
 from rosd.gpu_pool import SNAKEMAKE_PREFIX
 from rosd.methods import unsupported
@@ -68,3 +68,30 @@ def trainer():
         f"accelerate launch --config_file {ACCELERATE_CONFIG} --num_processes {train['num_processes']}"
         f" --mixed_precision {precision} --main_process_port 0 -m rosd.cli"
     )
+
+
+def stage_worker_wanted():
+    """Whether this run starts a stage worker (`execution.stage_worker`, rosd/worker.py): only for
+    jobs run here, by this Snakemake's Python (not under --use-conda or a container)."""
+    mode = config["execution"]["stage_worker"]
+    if mode is False or not workflow.local_exec or workflow.deployment_settings.deployment_method:
+        return False
+    return mode is True or (sys.platform.startswith("linux") and config["model"]["device"] == "cpu")
+
+
+_stage_worker = []
+
+
+onstart:
+    if stage_worker_wanted():
+        _stage_worker.append(worker.start(f"{EXP}/logs/stage_worker.log"))
+
+
+onsuccess:
+    for _process in _stage_worker:
+        worker.stop(_process)
+
+
+onerror:
+    for _process in _stage_worker:
+        worker.stop(_process)

@@ -1,0 +1,324 @@
+"""The stage worker: one process pays the imports once, and each `rosd <stage>` job runs in a fork
+of it instead of a fresh interpreter.
+
+A model stage started as its own process spends 4-5 s before its work: the interpreter, torch,
+transformers, and the modeling code transformers imports inside the first `from_pretrained`. At one
+optimizer step per round that is most of a small model's round (benchmarks/round_cost.py). Here
+Snakemake starts one worker per run (`execution.stage_worker`, workflow/rules/execution.smk) and
+names its socket in ``ROSD_WORKER``; `rosd <stage>` then hands its argv, environment, working
+directory and stdin/stdout/stderr to the worker and exits with the fork's status. The fork runs the
+same `rosd.cli.main`, so a job computes and writes exactly what it would as its own process; the
+jobs, their files and Snakemake's caching are unchanged. No worker to reach (none started, not
+ready yet, another machine's socket under SLURM): the command runs in its own process as before.
+
+Fork safety: the worker sets torch to one thread before any tensor exists and never runs backward,
+so no OpenMP or autograd thread pool exists to be copied half-alive into a fork (a fork made after
+a multi-threaded region hangs at its first parallel op); each fork starts from torch's fresh random
+state and sets its own thread count from the job's ``OMP_NUM_THREADS``.
+
+Lifetime: a fork lives as long as the `rosd` command that handed it over: when that command dies
+(Snakemake killed the job), the worker sends the fork SIGTERM, which stops it as the lifeline does
+(partials removed, its own children killed, exit 3), and SIGKILL after `KILL_GRACE_SECONDS`. The
+worker ends on SIGTERM (Snakemake's onsuccess/onerror) or when the Snakemake that started it is
+gone (a SIGKILL), taking its forks with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ENV = "ROSD_WORKER"
+KILL_GRACE_SECONDS = 5.0
+TICK_SECONDS = 0.02
+_LENGTH = struct.Struct("!I")
+_STATUS = struct.Struct("!i")
+_PID = struct.Struct("!i")
+# Options whose value is a model directory: their architecture's modeling code is imported in the
+# worker before the fork, so each fork does not import it again.
+MODEL_OPTIONS = ("--model", "--teacher", "--student")
+
+
+# -- the `rosd` command's side ---------------------------------------------------------------------
+
+
+def delegate(argv: list[str]) -> int | None:
+    """Run ``rosd argv`` in the worker named by ``ROSD_WORKER``: its exit status, or None when no
+    worker took it (the caller then runs it in its own process). Not under a distributed launcher:
+    each rank is its own process on purpose."""
+    path = os.environ.get(ENV)
+    if not path or "WORLD_SIZE" in os.environ:
+        return None
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(path)
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        socket.send_fds(client, [_LENGTH.pack(len(request))], [0, 1, 2])
+        client.sendall(request)
+        if _read_exactly(client, _PID.size) is None:  # refused before a fork began: run it here
+            return None
+        status = _read_exactly(client, _STATUS.size)
+    except OSError:
+        return None
+    finally:
+        client.close()
+    if status is None:
+        print(f"rosd: the stage worker ({path}) ended while it ran this job; see its log", file=sys.stderr)
+        return 1
+    return _STATUS.unpack(status)[0]
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+# -- the worker's side -----------------------------------------------------------------------------
+
+
+def warm_up() -> dict:
+    """Import what every stage imports, load the shipped world model once (transformers' lazy
+    imports), all on one torch thread. Returns what each fork restores."""
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0  # no monitor thread, whose lock a fork could inherit held
+    import torch
+
+    fresh = {"threads": torch.get_num_threads(), "rng": torch.get_rng_state()}
+    torch.set_num_threads(1)
+    import importlib
+
+    import transformers.generation.utils  # noqa: F401  (what `generate` imports on its first call)
+
+    from rosd import cli, tracking  # noqa: F401
+    from rosd.modeling import load_model, load_tokenizer
+
+    for module, _, _ in cli.STAGES.values():
+        importlib.import_module(module)
+    shipped = os.path.join(os.path.dirname(__file__), "world", "theta0")
+    load_tokenizer(shipped)
+    load_model(shipped)
+    return fresh
+
+
+def _import_architectures(argv: list[str]) -> None:
+    """Import the modeling module of each model directory the command names (no weights read, no
+    tensor made), so the fork finds it imported."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    for option, value in zip(argv, argv[1:]):
+        if option in MODEL_OPTIONS and os.path.isfile(os.path.join(value, "config.json")):
+            try:
+                MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(value))]
+            except Exception:  # the fork reports a bad model directory itself
+                pass
+
+
+def _run_fork(request: dict, fds: list[int], fresh: dict, worker_fds: list[int]) -> None:
+    """In the fork: become the job (its fds, directory, environment, threads) and run its command."""
+    code = 1
+    try:
+        from rosd import lifeline
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, lambda *_: lifeline.stop("the job was killed"))
+        lifeline.die_with_parent(os.getppid())  # the worker's end is the fork's too
+        os.setpgid(0, 0)  # the worker kills the fork and whatever it starts as one group
+        for fd in worker_fds:  # the listener and the commands' connections stay the worker's
+            os.close(fd)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ.pop(ENV, None)
+        import torch
+
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else fresh["threads"])
+        torch.set_rng_state(fresh["rng"])
+        import numpy
+
+        numpy.random.seed()  # a fresh process's numpy state is its own, never a sibling's
+        from rosd.cli import main
+
+        try:
+            main(request["argv"])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+    except BaseException:  # before the command: becoming the job failed
+        traceback.print_exc()
+    finally:
+        try:
+            import logging
+
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class _Job:
+    def __init__(self, pid: int, conn: socket.socket):
+        self.pid, self.conn = pid, conn
+        self.killed_at: float | None = None
+
+
+def serve(path: str) -> None:
+    """Listen on ``path`` until SIGTERM or until the process that started the worker is gone."""
+    owner = os.getppid()
+    fresh = warm_up()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    partial = f"{path}.{os.getpid()}.partial"
+    listener.bind(partial)
+    listener.listen(64)
+    os.replace(partial, path)  # clients connect only once the worker is warm
+    print(f"rosd worker (pid {os.getpid()}) ready on {path}", file=sys.stderr, flush=True)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    jobs: dict[int, _Job] = {}
+    try:
+        while not stopping and os.getppid() == owner:
+            for key, _ in selector.select(TICK_SECONDS):
+                if key.fileobj is listener:
+                    worker_fds = [listener.fileno(), selector.fileno(), *(j.conn.fileno() for j in jobs.values())]
+                    if (job := _accept(listener, fresh, worker_fds)) is not None:
+                        jobs[job.pid] = job
+                        selector.register(job.conn, selectors.EVENT_READ, job)
+                else:  # a command's connection became readable: it closed, its job must stop
+                    _stop(key.data)
+            for job in list(jobs.values()):
+                if _reap(job):
+                    selector.unregister(job.conn)
+                    job.conn.close()
+                    del jobs[job.pid]
+                elif job.killed_at is not None and time.monotonic() - job.killed_at > KILL_GRACE_SECONDS:
+                    _signal_group(job.pid, signal.SIGKILL)
+    finally:
+        for job in jobs.values():
+            _signal_group(job.pid, signal.SIGKILL)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _accept(listener: socket.socket, fresh: dict, worker_fds: list[int]) -> _Job | None:
+    conn, _ = listener.accept()
+    fds: list[int] = []
+    try:
+        conn.settimeout(10)
+        header, fds, _, _ = socket.recv_fds(conn, _LENGTH.size, 3)
+        header += _read_exactly(conn, _LENGTH.size - len(header)) or b""
+        request = json.loads(_read_exactly(conn, _LENGTH.unpack(header)[0]))
+        if len(fds) != 3:
+            raise OSError("a request without its three file descriptors")
+        _import_architectures(request["argv"])
+    except (OSError, ValueError, struct.error) as error:
+        print(f"rosd worker: a bad request ignored: {error}", file=sys.stderr, flush=True)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _run_fork(request, fds, fresh, [*worker_fds, conn.fileno()])
+    for fd in fds:
+        os.close(fd)
+    try:
+        conn.sendall(_PID.pack(pid))
+    except OSError:  # the command is gone already: the loop stops the fork
+        pass
+    conn.setblocking(False)
+    return _Job(pid, conn)
+
+
+def _stop(job: _Job) -> None:
+    if job.killed_at is None:
+        job.killed_at = time.monotonic()
+        _signal_group(job.pid, signal.SIGTERM)
+
+
+def _reap(job: _Job) -> bool:
+    """Whether the fork has ended; if it has, its command gets the exit status."""
+    pid, status = os.waitpid(job.pid, os.WNOHANG)
+    if pid == 0:
+        return False
+    code = os.waitstatus_to_exitcode(status)
+    try:
+        job.conn.setblocking(True)
+        job.conn.sendall(_STATUS.pack(128 - code if code < 0 else code))
+    except OSError:
+        pass
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+
+
+def start(log_path: str) -> subprocess.Popen:
+    """Called by Snakemake's onstart: a worker of this Python, owned by this process, in a session
+    of its own (a terminal's Ctrl-C reaches the jobs, which end their forks). Its socket is named
+    in the environment the jobs inherit, in a fresh directory under the temporary one (a socket's
+    path must stay short)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="rosd-worker-"), "socket")
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rosd.worker", path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+    os.environ[ENV] = path
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Called by Snakemake's onsuccess and onerror: end the worker (and any fork left) and its socket."""
+    os.environ.pop(ENV, None)
+    process.terminate()
+    try:
+        process.wait(timeout=2 * KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    shutil.rmtree(os.path.dirname(process.args[-1]), ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rosd.worker SOCKET``: what `start` runs."""
+    serve((sys.argv[1:] if argv is None else argv)[0])
+
+
+if __name__ == "__main__":
+    main()
