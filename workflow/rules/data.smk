@@ -25,6 +25,7 @@ rule init_model:
         f"{EXP}/benchmarks/init_model.tsv"
     conda:
         "../envs/cpu.yaml"
+    threads: MODEL_THREADS
     params:
         settings=as_json(config["model"]),
     shell:

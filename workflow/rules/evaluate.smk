@@ -14,6 +14,7 @@ rule evaluate:
         f"{EXP}/benchmarks/evaluate/{{method}}_{{target}}_seed{{seed}}_round{{round}}_{{benchmark}}.tsv"
     conda:
         conda_env("generation")
+    threads: MODEL_THREADS
     resources:
         gpu=gpus("generation"),
     params:

@@ -12,6 +12,9 @@ from rosd.methods import unsupported
 # machine, several GPUs, each GPU job gets its own device(s). Unset, the prefix is empty.
 GPU_POOL = SNAKEMAKE_PREFIX
 
+# Torch threads of a model job (Snakemake caps them at --cores and exports OMP_NUM_THREADS).
+MODEL_THREADS = config["execution"]["threads"]
+
 ACCELERATE_CONFIG = os.path.join(workflow.basedir, "config", "accelerate_fsdp.yaml")
 
 # Jobs die with this Snakemake (rosd/lifeline.py): they find it by ancestry, or by this variable

@@ -13,6 +13,7 @@ rule rollouts:
         f"{ROUND}/benchmarks/rollouts.tsv"
     conda:
         conda_env("generation")
+    threads: MODEL_THREADS
     resources:
         gpu=gpus("generation"),
     params:
@@ -50,6 +51,7 @@ rule reflect:
         f"{ROUND}/benchmarks/reflect.tsv"
     conda:
         conda_env("generation")
+    threads: MODEL_THREADS
     resources:
         gpu=gpus("generation"),
     params:
@@ -73,6 +75,7 @@ rule teacher_score:
         f"{ROUND}/benchmarks/teacher_score.tsv"
     conda:
         conda_env("scoring")
+    threads: MODEL_THREADS
     resources:
         gpu=gpus("scoring"),
     params:
@@ -98,6 +101,7 @@ rule distill:
         f"{ROUND}/benchmarks/distill.tsv"
     conda:
         conda_env("training")
+    threads: MODEL_THREADS
     resources:
         gpu=gpus("training"),
     params:
