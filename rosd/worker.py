@@ -108,8 +108,8 @@ def warm_up() -> dict:
     from rosd import cli, tracking  # noqa: F401
     from rosd.modeling import load_model, load_tokenizer
 
-    for module, _, _ in cli.STAGES.values():
-        importlib.import_module(module)
+    for module in (*(module for module, _, _ in cli.STAGES.values()), "math_verify"):
+        importlib.import_module(module)  # math_verify: the grade stage's check workers fork from it
     shipped = os.path.join(os.path.dirname(__file__), "world", "theta0")
     load_tokenizer(shipped)
     load_model(shipped)

@@ -87,3 +87,18 @@ def test_outer_deadline_kills_hung_and_crashed_workers_and_keeps_the_rest():
         assert time.monotonic() - started < 30
     finally:
         pool.close()
+
+
+def test_workers_forked_from_a_process_with_math_verify_answer_like_started_ones():
+    """This process has math-verify imported (importorskip above), as a fork of the stage worker
+    does: its default pool forks its workers. A pool given a command starts them as processes."""
+    pairs = [("0.5", "\\frac{1}{2}"), ("1", "9^{9^{9^{9}}}"), ("x+1", "1+x"), ("2", "3")]
+    requests = [[gold, predicted, 1.0, True] for gold, predicted in pairs]
+    forked, started = CheckPool(workers=2), CheckPool(command=[sys.executable, "-I", "-m", "rosd.mathverify"], workers=2)
+    try:
+        assert forked.run(requests, deadline=4.0) == started.run(requests, deadline=4.0) == [True, None, True, False]
+        assert {type(w).__name__ for w in forked._idle} == {"_ForkedWorker"}
+        assert {type(w).__name__ for w in started._idle} == {"_Worker"}
+    finally:
+        forked.close()
+        started.close()
