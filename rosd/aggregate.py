@@ -5,7 +5,9 @@ Reads, under ``results/<experiment>/``:
   eval/{method}/{target}/seed{seed}/round{r}/{benchmark}.jsonl per-sample correctness
   eval/.../{benchmark}.json                                    its summary (rosd.metrics.summarize)
 
-Writes rounds.csv, evals.csv, comparison.csv, localization.csv and comparison.md.
+Writes rounds.csv, evals.csv, comparison.csv, localization.csv, intervals.csv (mean@k with its 95%
+interval per cell), paired.csv (paired differences between methods with their intervals) and
+comparison.md (all of them as text).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rosd.intervals import mean_interval, paired_difference, problem_scores
 from rosd.io import atomic_path
 from rosd.metrics import summarize
 
@@ -87,12 +90,7 @@ def seed_stats(long: pd.DataFrame, value: str) -> pd.DataFrame:
     if long.empty:
         return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=["method", "target"]))
     trained = long[long["target"] != BASE_TARGET]
-    trained = trained.assign(
-        label=[
-            f"{b} ({'ID' if b == t else 'OOD'})"
-            for b, t in zip(trained["benchmark"], trained["target"], strict=True)
-        ]
-    )
+    trained = trained.assign(label=[_label(b, t) for b, t in zip(trained["benchmark"], trained["target"], strict=True)])
     labels_of = trained.groupby("benchmark")["label"].unique()
     base_rows = [
         {**row, "label": label}
@@ -151,6 +149,86 @@ def comparison_table(evals: pd.DataFrame, metric: str = "mean_at_k") -> pd.DataF
     return table
 
 
+def final_scores(exp_dir: str | os.PathLike, evals: pd.DataFrame) -> dict[tuple[str, str, str], tuple[int, pd.DataFrame]]:
+    """Per (method, target, benchmark) at its final evaluated round: (round, per-problem scores),
+    one row per seed and one column per problem id (the evaluations' jsonl files)."""
+    if evals.empty:
+        return {}
+    last = evals.groupby(["method", "target"])["round"].transform("max")
+    final = evals[evals["round"] == last]
+    root, out = Path(exp_dir) / "eval", {}
+    for (method, target, benchmark), rows in final.groupby(["method", "target", "benchmark"]):
+        by_seed = {}
+        for seed, round_ in zip(rows["seed"], rows["round"], strict=True):
+            path = root / method / target / f"seed{seed}" / f"round{round_}" / f"{benchmark}.jsonl"
+            by_seed[seed] = problem_scores([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        matrix = pd.DataFrame.from_dict(by_seed, orient="index").sort_index(axis=0).sort_index(axis=1)
+        out[(method, target, benchmark)] = (int(rows["round"].max()), matrix.dropna(axis=1))
+    return out
+
+
+def interval_table(scores: dict) -> pd.DataFrame:
+    """One row per (method, target, benchmark): mean@k over seeds and problems with its 95%
+    interval (rosd/intervals.py)."""
+    rows = []
+    for (method, target, benchmark), (round_, matrix) in scores.items():
+        mean, low, high = mean_interval(matrix.to_numpy())
+        rows.append({"method": method, "target": target, "round": round_, "benchmark": benchmark,
+                     "in_domain": benchmark == target, "seeds": len(matrix), "problems": matrix.shape[1],
+                     "mean": mean, "low": low, "high": high})  # fmt: skip
+    return pd.DataFrame(rows, columns=["method", "target", "round", "benchmark", "in_domain", "seeds", "problems", "mean", "low", "high"])
+
+
+def _minuend_first(method: str, other: str) -> bool:
+    return (not method.startswith("rosd"), method) < (not other.startswith("rosd"), other)
+
+
+def paired_table(scores: dict) -> pd.DataFrame:
+    """Paired differences on the same problems, per benchmark, with 95% intervals: every trained
+    (method, target) against base, and each pair of methods trained on the same target once, the
+    rosd variant (else the first by name) minus the other."""
+    rows = []
+    for (method, target, benchmark), (_, matrix) in scores.items():
+        if target == BASE_TARGET:
+            continue
+        baselines = [(m, t) for (m, t, b) in scores if b == benchmark and (t == BASE_TARGET or (t == target and _minuend_first(method, m)))]
+        for other, other_target in sorted(baselines, key=lambda mt: (mt[1] != BASE_TARGET, mt[0])):
+            baseline = scores[(other, other_target, benchmark)][1]
+            common = matrix.columns.intersection(baseline.columns)
+            difference, low, high = paired_difference(matrix[common].to_numpy(), baseline[common].to_numpy())
+            rows.append({"method": method, "baseline": other, "target": target, "benchmark": benchmark,
+                         "in_domain": benchmark == target, "problems": len(common),
+                         "difference": difference, "low": low, "high": high})  # fmt: skip
+    return pd.DataFrame(rows, columns=["method", "baseline", "target", "benchmark", "in_domain", "problems", "difference", "low", "high"])
+
+
+def _label(benchmark: str, target: str) -> str:
+    return f"{benchmark} ({'ID' if benchmark == target else 'OOD'})"
+
+
+def wide_intervals(long: pd.DataFrame, keys: list[str], value: str, signed: bool = False) -> pd.DataFrame:
+    """``long`` (`interval_table`, `paired_table`) as one row per ``keys`` and one column per
+    benchmark label, in-domain first, each cell "value [low, high]"; base's cells fill every label
+    of their benchmark, as in the comparison."""
+    if long.empty:
+        return pd.DataFrame(columns=keys)
+    trained = long[long["target"] != BASE_TARGET]
+    labels_of = {b: sorted({_label(b, t) for t in trained.loc[trained["benchmark"] == b, "target"]}) or [f"{b} (OOD)"]
+                 for b in long["benchmark"].unique()}  # fmt: skip
+    sign = "+" if signed else ""
+    cells: dict[tuple, dict[str, str]] = {}
+    for row in long.to_dict("records"):
+        base = row["target"] == BASE_TARGET
+        text = f"{row[value]:{sign}.3f} [{row['low']:{sign}.3f}, {row['high']:{sign}.3f}]"
+        for label in labels_of[row["benchmark"]] if base else [_label(row["benchmark"], row["target"])]:
+            cells.setdefault(tuple(row[k] for k in keys), {})[label] = text
+    table = pd.DataFrame.from_dict(cells, orient="index").fillna("")
+    table = table[sorted(table.columns, key=lambda label: (label.endswith("(OOD)"), label))]
+    table.index = pd.MultiIndex.from_tuples(table.index, names=keys)
+    order = sorted(table.index, key=lambda key: (key[keys.index("target")] != BASE_TARGET, key))
+    return table.reindex(order).reset_index()
+
+
 def localization_table(rounds: pd.DataFrame) -> pd.DataFrame:
     """Per (method, target): localization metrics averaged over rounds and seeds, nulls skipped."""
     numeric = rounds.reindex(columns=["method", "target", "seed", *LOCALIZATION])
@@ -184,11 +262,18 @@ def write_tables(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list
     localization = localization_table(rounds)
     ks = evals["k"].dropna().unique() if "k" in evals else []
     metric = f"mean@{int(ks[0])}" if len(ks) == 1 else "mean@k"
+    scores = final_scores(exp_dir, evals)
+    intervals, paired = interval_table(scores), paired_table(scores)
     markdown = (
         f"## Comparison: {metric} at the final evaluated round (mean ± std over seeds)\n\n"
         "ID = in-domain (the benchmark is the method's train target), OOD = out-of-domain. "
         "base is the untrained θ0 and appears in every benchmark column.\n\n"
         f"{markdown_table(comparison)}\n"
+        f"## {metric} with its 95% interval (bootstrap over problems and seeds)\n\n"
+        f"{markdown_table(wide_intervals(intervals, ['method', 'target', 'round', 'seeds'], 'mean'))}\n"
+        "## Paired differences on the same problems: method − baseline, 95% interval\n\n"
+        "An interval that excludes 0 is a difference this many problems and seeds resolve.\n\n"
+        f"{markdown_table(wide_intervals(paired, ['method', 'baseline', 'target'], 'difference', signed=True))}\n"
         "## Localization (mean over rounds and seeds)\n\n"
         f"{markdown_table(localization)}"
     )
@@ -198,6 +283,8 @@ def write_tables(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list
         "evals.csv": evals.to_csv(index=False),
         "comparison.csv": comparison.to_csv(index=False),
         "localization.csv": localization.to_csv(index=False),
+        "intervals.csv": intervals.to_csv(index=False),
+        "paired.csv": paired.to_csv(index=False),
         "comparison.md": markdown,
     }
     for name, text in files.items():

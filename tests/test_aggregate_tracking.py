@@ -107,7 +107,7 @@ def test_write_tables_comparison_and_localization(exp, tmp_path):
     out = tmp_path / "tables"
     written = write_tables(exp, out)
     assert sorted(p.name for p in written) == sorted(
-        ["rounds.csv", "evals.csv", "comparison.csv", "localization.csv", "comparison.md"]
+        ["rounds.csv", "evals.csv", "comparison.csv", "localization.csv", "intervals.csv", "paired.csv", "comparison.md"]
     )
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -138,6 +138,20 @@ def test_write_tables_comparison_and_localization(exp, tmp_path):
     markdown = (out / "comparison.md").read_text()
     assert "| rosd   | math   | 2     | 2     | 0.625 ± 0.177 | 0.250 ± 0.000 |" in markdown
     assert "## Localization" in markdown and "mean@2" in markdown
+
+    # the same cells with their intervals (rosd/intervals.py), over the 4 problems and 2 seeds
+    intervals = pd.read_csv(out / "intervals.csv").set_index(["method", "benchmark"])
+    assert intervals.loc[("rosd", "math"), ["mean", "seeds", "problems"]].tolist() == [0.625, 2, 4]
+    assert intervals.loc[("base", "mcq"), "mean"] == 0.125
+    assert (intervals["low"] <= intervals["mean"]).all() and (intervals["mean"] <= intervals["high"]).all()
+    # base's 2 correct math samples are problem p0's, on both seeds: scores [1, 0, 0, 0]. A resample
+    # holds p0 K ~ Binomial(4, 1/4) times, mean K/4: P(K = 0) = 0.32, P(K >= 3) = 0.051 > 0.025
+    assert intervals.loc[("base", "math"), ["low", "high"]].tolist() == [0.0, 0.75]
+    paired = pd.read_csv(out / "paired.csv").set_index(["method", "baseline", "benchmark"])
+    assert sorted(set(paired.index.droplevel("benchmark"))) == [("rosd", "base"), ("rosd", "sdpo"), ("sdpo", "base")]
+    assert paired.loc[("rosd", "sdpo", "math"), "difference"] == pytest.approx(0.625 - 0.5)
+    assert paired.loc[("rosd", "base", "math"), "difference"] == pytest.approx(0.625 - 0.25)
+    assert "| rosd   | sdpo     | math   | +0.125 [" in markdown
 
 
 def test_comparison_single_seed_and_second_target(exp, tmp_path):

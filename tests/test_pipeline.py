@@ -110,7 +110,7 @@ def _incomplete_outputs(workdir: Path) -> list[Path]:
 
 
 STAGES = ("rollouts", "grade", "reflect", "teacher-score", "distill", "evaluate", "aggregate", "plots", "track")
-TABLES = ("comparison.csv", "comparison.md", "evals.csv", "rounds.csv", "localization.csv")
+TABLES = ("comparison.csv", "comparison.md", "intervals.csv", "paired.csv", "evals.csv", "rounds.csv", "localization.csv")
 
 
 def _run_and_kill(workdir: Path, stages, *args: str, kill_snakemake: bool = False) -> tuple[subprocess.Popen, list[str]]:

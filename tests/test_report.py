@@ -243,7 +243,7 @@ addEventListener("load", () => {
 </script>"""
 
 
-TABLES = ["comparison.html", "comparison.csv", "comparison.md", "localization.csv", "rounds.csv", "evals.csv"]
+TABLES = ["comparison.html", "comparison.csv", "comparison.md", "intervals.csv", "paired.csv", "localization.csv", "rounds.csv", "evals.csv"]
 
 
 @pytest.fixture(scope="module")

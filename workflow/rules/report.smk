@@ -22,6 +22,18 @@ rule aggregate:
             labels={"table": "comparison (CSV)"},
         ),
         report(
+            f"{EXP}/tables/intervals.csv",
+            caption="../report/intervals_csv.rst",
+            category="Comparison",
+            labels={"table": "mean@k with 95% intervals (CSV)"},
+        ),
+        report(
+            f"{EXP}/tables/paired.csv",
+            caption="../report/paired_csv.rst",
+            category="Comparison",
+            labels={"table": "paired differences (CSV)"},
+        ),
+        report(
             f"{EXP}/tables/localization.csv",
             caption="../report/localization_csv.rst",
             category="Comparison",
