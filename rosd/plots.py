@@ -10,7 +10,10 @@ Writes into ``out_dir``:
   pass_at_k.png        pass@j against j at the final evaluated round, one panel per benchmark
   localization.png     per round: reflection parse rate, quote-found rate, quote start,
                        loss-token fraction, first-error hit rate
-and ``table_page``: comparison.csv and localization.csv as one self-contained HTML page.
+  paired.png           paired differences between methods on the same problems with their 95%
+                       intervals, one panel per benchmark (paired.csv)
+and ``table_page``: the comparison (with its intervals and paired differences) and localization
+tables as one self-contained HTML page.
 
 Every curve is the mean over seeds, with a band of ± one standard deviation where there are
 several seeds.
@@ -28,7 +31,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display b
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from rosd.aggregate import BASE_TARGET, LOCALIZATION
+from rosd.aggregate import BASE_TARGET, LOCALIZATION, wide_intervals
 from rosd.io import atomic_path
 
 BASE_LABEL = "base (θ0)"
@@ -210,6 +213,27 @@ def localization(rounds: pd.DataFrame, path: Path) -> Path:
     return _save(figure, path)
 
 
+def paired_differences(paired: pd.DataFrame, path: Path) -> Path:
+    """One panel per benchmark: each (method − baseline) difference of mean@k as a point with its
+    95% interval; an interval clear of the zero line is a resolved difference."""
+    benchmarks = sorted(paired["benchmark"].unique(), key=lambda b: (not paired.loc[paired["benchmark"] == b, "in_domain"].any(), b))
+    figure, axes = _grid(max(1, len(benchmarks)))
+    if not benchmarks:
+        _no_data(axes[0], "paired differences")
+    for ax, benchmark in zip(axes, benchmarks):
+        rows = paired[paired["benchmark"] == benchmark].iloc[::-1]  # first row on top
+        labels = [f"{m} − {b}" + (f" ({t})" if paired["target"].nunique() > 1 else "") for m, b, t in zip(rows["method"], rows["baseline"], rows["target"])]
+        positions = range(len(rows))
+        ax.errorbar(rows["difference"], positions, xerr=[rows["difference"] - rows["low"], rows["high"] - rows["difference"]],
+                    fmt="o", color="tab:blue", capsize=3)  # fmt: skip
+        ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
+        ax.set_yticks(list(positions), labels)
+        domain = "ID" if rows["in_domain"].any() else "OOD"
+        ax.set_title(f"{benchmark} ({domain}): difference of mean@k")
+        ax.set_xlabel("method − baseline, 95% interval")
+    return _save(figure, path)
+
+
 def _legend(figure: Figure, axes: list) -> None:
     """One legend for the figure: every series that any panel drew."""
     entries: dict[str, object] = {}
@@ -221,12 +245,17 @@ def _legend(figure: Figure, axes: list) -> None:
         figure.legend([entries[label] for label in labels], labels, loc="outside lower center", ncols=min(len(labels), 6))
 
 
-def table_page(comparison: pd.DataFrame, localization_stats: pd.DataFrame, path: Path) -> Path:
-    """comparison and localization tables as one HTML page that the report shows inline."""
+def table_page(comparison: pd.DataFrame, intervals: pd.DataFrame, paired: pd.DataFrame, localization_stats: pd.DataFrame, path: Path) -> Path:
+    """The comparison (its intervals and paired differences too) and localization tables as one HTML
+    page that the report shows inline."""
     sections = [
         ("Comparison: mean@k at the final evaluated round (mean ± std over seeds)", comparison),
+        ("mean@k with its 95% interval (bootstrap over problems and seeds)",
+         wide_intervals(intervals, ["method", "target", "round", "seeds"], "mean")),
+        ("Paired differences on the same problems: method − baseline, 95% interval",
+         wide_intervals(paired, ["method", "baseline", "target"], "difference", signed=True)),
         ("Localization (mean over rounds and seeds)", localization_stats),
-    ]
+    ]  # fmt: skip
     body = "".join(
         f"<h2>{html.escape(title)}</h2>\n"
         + table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3f}", classes="rosd", border=0)
@@ -246,15 +275,19 @@ def table_page(comparison: pd.DataFrame, localization_stats: pd.DataFrame, path:
 
 
 def write_plots(rounds: str | os.PathLike, evals: str | os.PathLike, comparison: str | os.PathLike,
-                localization_table: str | os.PathLike, out_dir: str | os.PathLike, out_page: str | os.PathLike) -> list[Path]:
+                intervals: str | os.PathLike, paired: str | os.PathLike, localization_table: str | os.PathLike,
+                out_dir: str | os.PathLike, out_page: str | os.PathLike) -> list[Path]:
     """Every figure into ``out_dir`` and the table page to ``out_page``; returns the paths written."""
     rounds_df = pd.read_csv(rounds)
     evals_df = pd.read_csv(evals)
+    paired_df = pd.read_csv(paired)
     out = Path(out_dir)
     return [
         heatmap(evals_df, out / "heatmap.png"),
         learning_curves(rounds_df, evals_df, out / "learning_curves.png"),
         pass_at_k(evals_df, out / "pass_at_k.png"),
         localization(rounds_df, out / "localization.png"),
-        table_page(pd.read_csv(comparison, dtype=str, keep_default_na=False), pd.read_csv(localization_table), Path(out_page)),
-    ]
+        paired_differences(paired_df, out / "paired.png"),
+        table_page(pd.read_csv(comparison, dtype=str, keep_default_na=False), pd.read_csv(intervals), paired_df,
+                   pd.read_csv(localization_table), Path(out_page)),
+    ]  # fmt: skip

@@ -30,7 +30,7 @@ from rosd.tracking import reflection_sample, tracking_uri
 
 # Only the last round evaluated: the learning curves have θ0 and round 2.
 OVERLAY = {"methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None}}
-PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png"]
+PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png", "paired.png"]
 # (method, target, seed) of every parent run: θ0 once per seed as "base"/"all", each trained run
 PARENTS = sorted([("base", "all", s) for s in (0, 1)] + [(m, "math", s) for m in ("opsd", "rosd") for s in (0, 1)])
 IDENTITY_KEYS = {"method", "target", "seed", "round", "step"}  # tags and step, not metrics

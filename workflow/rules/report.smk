@@ -65,6 +65,8 @@ rule plots:
         rounds=f"{EXP}/tables/rounds.csv",
         evals=f"{EXP}/tables/evals.csv",
         comparison=f"{EXP}/tables/comparison.csv",
+        intervals=f"{EXP}/tables/intervals.csv",
+        paired=f"{EXP}/tables/paired.csv",
         localization=f"{EXP}/tables/localization.csv",
     output:
         # the file names inside plots/ are fixed by rosd.plots.write_plots
@@ -92,6 +94,12 @@ rule plots:
             category="Plots",
             labels={"figure": "localization per round"},
         ),
+        report(
+            f"{EXP}/plots/paired.png",
+            caption="../report/paired.rst",
+            category="Plots",
+            labels={"figure": "paired differences"},
+        ),
         page=report(
             f"{EXP}/tables/comparison.html",
             caption="../report/comparison.rst",
@@ -105,6 +113,7 @@ rule plots:
         "../envs/cpu.yaml"
     shell:
         "rosd --log {log} plots --rounds {input.rounds} --evals {input.evals} --comparison {input.comparison}"
+        " --intervals {input.intervals} --paired {input.paired}"
         f" --localization-table {{input.localization}} --out-dir {EXP}/plots --out-page {{output.page}}"
 
 
