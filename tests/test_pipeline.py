@@ -59,6 +59,20 @@ def test_evaluation_change_reruns_only_evaluation_and_what_follows(finished, tmp
     assert set(jobs) <= {"evaluate", "aggregate", "plots", "track", "all"}
 
 
+def test_reflection_change_reruns_rosd_from_its_reflections_on(finished, tmp_path):
+    """A reflection setting is read by rosd's reflect jobs only: round 1 reruns from reflect on,
+    round 2 (whose checkpoint changes) from its rollouts; opsd, θ0 and the data stay."""
+    overlay = tmp_path / "warmer_reflections.yaml"
+    overlay.write_text("reflection: {temperature: 0.9}\n")
+    planned = run(finished, "-n", configs=[overlay]).stdout
+    jobs = planned_jobs(planned)
+    assert {rule: jobs.get(rule, 0) for rule in ("reflect", "teacher_score", "distill", "rollouts", "grade")} == {
+        "reflect": 2, "teacher_score": 2, "distill": 2, "rollouts": 1, "grade": 1,
+    }  # fmt: skip
+    assert "prepare_data" not in jobs and "init_model" not in jobs
+    assert "method=opsd" not in planned and "method=base" not in planned
+
+
 def test_invalid_config_stops_before_any_job_with_one_line(tmp_path):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("train: {lr: -1}\n")

@@ -144,9 +144,10 @@ def test_plots_are_on_disk_and_not_blank(pipeline):
 def test_table_page_holds_every_method(pipeline):
     workdir, _ = pipeline
     page = (workdir / EXP / "tables" / "comparison.html").read_text()
-    assert page.count("<table") == 2  # comparison and localization
-    for label in ("math (ID)", "mcq (OOD)", "base", "opsd", "rosd"):
+    assert page.count("<table") == 4  # comparison, its intervals, the paired differences, localization
+    for label in ("math (ID)", "mcq (OOD)", "base", "opsd", "rosd", "95% interval"):
         assert label in page
+    assert "rosd</td>\n      <td>opsd" in page  # the paired row rosd − opsd
 
 
 @pytest.fixture(scope="module")
