@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from rosd.intervals import mean_interval, paired_difference, problem_scores
-from rosd.io import atomic_path
+from rosd.io import atomic_path, read_jsonl
 from rosd.metrics import summarize
 
 BASE_TARGET = "all"  # the untrained θ0 is evaluated once per seed as method "base", target "all"
@@ -161,7 +161,7 @@ def final_scores(exp_dir: str | os.PathLike, evals: pd.DataFrame) -> dict[tuple[
         by_seed = {}
         for seed, round_ in zip(rows["seed"], rows["round"], strict=True):
             path = root / method / target / f"seed{seed}" / f"round{round_}" / f"{benchmark}.jsonl"
-            by_seed[seed] = problem_scores([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+            by_seed[seed] = problem_scores(read_jsonl(path))
         matrix = pd.DataFrame.from_dict(by_seed, orient="index").sort_index(axis=0).sort_index(axis=1)
         out[(method, target, benchmark)] = (int(rows["round"].max()), matrix.dropna(axis=1))
     return out

@@ -49,13 +49,9 @@ def _seed_draws(rng: np.random.Generator, seeds: int, resamples: int) -> np.ndar
 
 
 def _resampled_means(matrix: np.ndarray, seed_draws: np.ndarray, problem_draws: np.ndarray) -> np.ndarray:
-    """Mean over the drawn seeds and problems, per resample (a draw of seeds, a draw of problems)."""
-    per_problem = matrix.mean(axis=0) if matrix.shape[0] == 1 else None
-    means = np.empty(len(problem_draws))
-    for i, (seeds, problems) in enumerate(zip(seed_draws, problem_draws, strict=True)):
-        rows = per_problem if per_problem is not None else matrix[seeds].mean(axis=0)
-        means[i] = rows[problems].mean()
-    return means
+    """Mean over the drawn seeds and problems, per resample (a row of draws of seeds, of problems)."""
+    per_problem = matrix[seed_draws].mean(axis=1)  # resamples x problems: the drawn seeds' mean
+    return np.take_along_axis(per_problem, problem_draws, axis=1).mean(axis=1)
 
 
 def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
