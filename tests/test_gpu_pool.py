@@ -75,6 +75,10 @@ def device_is_free(pool: Path, device: str) -> bool:
     return held is not None
 
 
+def _command(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+
+
 def test_a_killed_job_releases_its_device(tmp_path):
     args, kwargs = with_gpu(tmp_path, "7", 1, "sleep", "60")
     holder = subprocess.Popen(args, **kwargs)
@@ -83,8 +87,11 @@ def test_a_killed_job_releases_its_device(tmp_path):
         while device_is_free(tmp_path / "pool", "7"):
             assert time.time() < deadline, "the job never locked its device"
             time.sleep(0.05)
-        # the lock is held by `sleep` itself: rosd with-gpu replaced itself with the command
-        assert Path(f"/proc/{holder.pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep"
+        # the lock is held by `sleep` itself: rosd with-gpu replaced itself with the command. The
+        # lock is taken just before the exec, so the command line may still be changing.
+        while _command(holder.pid) != b"sleep" and time.time() < deadline:
+            time.sleep(0.05)
+        assert _command(holder.pid) == b"sleep"
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
