@@ -6,8 +6,9 @@ Reads, under ``results/<experiment>/``:
   eval/.../{benchmark}.json                                    its summary (rosd.metrics.summarize)
 
 Writes rounds.csv, evals.csv, comparison.csv, localization.csv, intervals.csv (mean@k with its 95%
-interval per cell), paired.csv (paired differences between methods with their intervals) and
-comparison.md (all of them as text).
+interval per cell), paired.csv (paired differences between methods with their intervals),
+quote_offsets.csv (where quotes start against the true first error) and comparison.md (all but the
+last as text).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ LOCALIZATION = [
     "loss_token_frac",
     "first_error_hit_rate",
 ]
+QUOTE_OFFSETS = "quote_line_offsets"  # a round's {lines from the true first error: found quotes}
 
 
 def _identity(path: Path, root: Path) -> dict:
@@ -239,6 +241,22 @@ def localization_table(rounds: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def quote_offset_table(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, target, offset): the found quotes of wrong rollouts that start ``offset`` lines
+    after (negative: before) the true first error, summed over rounds and seeds (world tasks only)."""
+    columns = ["method", "target", "offset", "count"]
+    if QUOTE_OFFSETS not in rounds:
+        return pd.DataFrame(columns=columns)
+    counts = [
+        {"method": method, "target": target, "offset": int(offset), "count": int(count)}
+        for method, target, histogram in rounds[["method", "target", QUOTE_OFFSETS]].itertuples(index=False)
+        if isinstance(histogram, dict)
+        for offset, count in histogram.items()
+    ]
+    table = pd.DataFrame(counts, columns=columns)
+    return table.groupby(columns[:3], as_index=False)["count"].sum()
+
+
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     """A GitHub pipe table with padded columns, so the raw text reads as a table too."""
 
@@ -279,12 +297,13 @@ def write_tables(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list
     )
     out = Path(out_dir)
     files = {
-        "rounds.csv": rounds.to_csv(index=False),
+        "rounds.csv": rounds.drop(columns=[QUOTE_OFFSETS], errors="ignore").to_csv(index=False),
         "evals.csv": evals.to_csv(index=False),
         "comparison.csv": comparison.to_csv(index=False),
         "localization.csv": localization.to_csv(index=False),
         "intervals.csv": intervals.to_csv(index=False),
         "paired.csv": paired.to_csv(index=False),
+        "quote_offsets.csv": quote_offset_table(rounds).to_csv(index=False),
         "comparison.md": markdown,
     }
     for name, text in files.items():

@@ -40,7 +40,7 @@ STAGES = {
     "keep-checkpoint": ("rosd.checkpoints", "keep_checkpoint", ["checkpoint", "out"]),
     "evaluate": ("rosd.stages.evaluate", "run_evaluate", ["model", "data", "out_samples", "out_summary"]),
     "aggregate": ("rosd.aggregate", "write_tables", ["exp_dir", "out_dir"]),
-    "plots": ("rosd.plots", "write_plots", ["rounds", "evals", "comparison", "intervals", "paired", "localization_table", "out_dir", "out_page"]),
+    "plots": ("rosd.plots", "write_plots", ["rounds", "evals", "comparison", "intervals", "paired", "localization_table", "quote_offsets_table", "out_dir", "out_page"]),
 }
 NO_SETTINGS = {"aggregate", "plots"}
 # The file arguments each stage reads (checked before the stage, and its imports, start).
@@ -53,7 +53,7 @@ INPUTS = {
     "keep-checkpoint": ["checkpoint"],
     "evaluate": ["model", "data"],
     "aggregate": ["exp_dir"],
-    "plots": ["rounds", "evals", "comparison", "intervals", "paired", "localization_table"],
+    "plots": ["rounds", "evals", "comparison", "intervals", "paired", "localization_table", "quote_offsets_table"],
     "track": ["exp_dir"],
 }
 BAD_INPUT, BUG = 2, 1

@@ -10,6 +10,8 @@ Writes into ``out_dir``:
   pass_at_k.png        pass@j against j at the final evaluated round, one panel per benchmark
   localization.png     per round: reflection parse rate, quote-found rate, quote start,
                        loss-token fraction, first-error hit rate
+  quote_offsets.png    where the quotes of wrong rollouts start, in lines from the true first
+                       error, as shares of each (method, target)'s found quotes (quote_offsets.csv)
   paired.png           paired differences between methods on the same problems with their 95%
                        intervals, one panel per benchmark (paired.csv)
 and ``table_page``: the comparison (with its intervals and paired differences) and localization
@@ -213,6 +215,31 @@ def localization(rounds: pd.DataFrame, path: Path) -> Path:
     return _save(figure, path)
 
 
+def quote_offsets(offsets: pd.DataFrame, path: Path) -> Path:
+    """A histogram per (method, target), side by side: the share of found quotes starting ``offset``
+    lines from the true first error. The bar at 0 is the first-error hit rate."""
+    figure, (ax,) = _grid(1)
+    title = "quote start − true first error"
+    if offsets.empty:
+        _no_data(ax, title)
+        return _save(figure, path)
+    series = sorted(offsets[["method", "target"]].drop_duplicates().itertuples(index=False, name=None))
+    colors = _colors([series_label(m, t) for m, t in series])
+    width = 0.8 / len(series)
+    for i, (method, target) in enumerate(series):
+        own = offsets[(offsets["method"] == method) & (offsets["target"] == target)]
+        label = series_label(method, target)
+        ax.bar(own["offset"] + (i - (len(series) - 1) / 2) * width, own["count"] / own["count"].sum(), width,
+               label=f"{label}, {own['count'].sum()} quotes", color=colors[label])
+    ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title)
+    ax.set_xlabel("lines (0: on the first error, < 0: before it)")
+    ax.set_ylabel("share of found quotes")
+    ax.legend(fontsize="small")
+    return _save(figure, path)
+
+
 def paired_differences(paired: pd.DataFrame, path: Path) -> Path:
     """One panel per benchmark: each (method − baseline) difference of mean@k as a point with its
     95% interval; an interval clear of the zero line is a resolved difference."""
@@ -276,7 +303,7 @@ def table_page(comparison: pd.DataFrame, intervals: pd.DataFrame, paired: pd.Dat
 
 def write_plots(rounds: str | os.PathLike, evals: str | os.PathLike, comparison: str | os.PathLike,
                 intervals: str | os.PathLike, paired: str | os.PathLike, localization_table: str | os.PathLike,
-                out_dir: str | os.PathLike, out_page: str | os.PathLike) -> list[Path]:
+                quote_offsets_table: str | os.PathLike, out_dir: str | os.PathLike, out_page: str | os.PathLike) -> list[Path]:
     """Every figure into ``out_dir`` and the table page to ``out_page``; returns the paths written."""
     rounds_df = pd.read_csv(rounds)
     evals_df = pd.read_csv(evals)
@@ -287,6 +314,7 @@ def write_plots(rounds: str | os.PathLike, evals: str | os.PathLike, comparison:
         learning_curves(rounds_df, evals_df, out / "learning_curves.png"),
         pass_at_k(evals_df, out / "pass_at_k.png"),
         localization(rounds_df, out / "localization.png"),
+        quote_offsets(pd.read_csv(quote_offsets_table), out / "quote_offsets.png"),
         paired_differences(paired_df, out / "paired.png"),
         table_page(pd.read_csv(comparison, dtype=str, keep_default_na=False), pd.read_csv(intervals), paired_df,
                    pd.read_csv(localization_table), Path(out_page)),

@@ -60,6 +60,7 @@ def _round_metrics(method, seed, rnd):
         "loss_token_frac": 0.6 if method == "rosd" else 1.0,
         "first_error_hit_rate": 0.25 * seed if method == "rosd" else None,
         "n_rollouts": 16, "seconds": 1.5,
+        "quote_line_offsets": {"-1": rnd, "0": seed + 1} if method == "rosd" else {},
     }  # fmt: skip
 
 
@@ -107,8 +108,9 @@ def test_write_tables_comparison_and_localization(exp, tmp_path):
     out = tmp_path / "tables"
     written = write_tables(exp, out)
     assert sorted(p.name for p in written) == sorted(
-        ["rounds.csv", "evals.csv", "comparison.csv", "localization.csv", "intervals.csv", "paired.csv", "comparison.md"]
-    )
+        ["rounds.csv", "evals.csv", "comparison.csv", "localization.csv", "intervals.csv", "paired.csv",
+         "quote_offsets.csv", "comparison.md"]
+    )  # fmt: skip
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
     comparison = pd.read_csv(out / "comparison.csv", dtype=str, keep_default_na=False)
@@ -134,6 +136,14 @@ def test_write_tables_comparison_and_localization(exp, tmp_path):
     assert localization.loc["rosd", "reflection_parse_rate"] == pytest.approx(0.65)
     assert pd.isna(localization.loc["sdpo", "quote_start_frac"])  # all null: no mask, no quote
     assert localization.loc["sdpo", "loss_token_frac"] == 1.0
+
+    # rosd's histograms summed over rounds 1 and FINAL and seeds 0 and 1; sdpo quotes nothing
+    offsets = pd.read_csv(out / "quote_offsets.csv")
+    assert offsets.to_dict("records") == [
+        {"method": "rosd", "target": "math", "offset": -1, "count": 2 * (1 + FINAL)},
+        {"method": "rosd", "target": "math", "offset": 0, "count": 2 * (1 + 2)},
+    ]
+    assert "quote_line_offsets" not in pd.read_csv(out / "rounds.csv").columns
 
     markdown = (out / "comparison.md").read_text()
     assert "| rosd   | math   | 2     | 2     | 0.625 ± 0.177 | 0.250 ± 0.000 |" in markdown

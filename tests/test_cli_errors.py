@@ -65,7 +65,7 @@ CASES = {
     "distill missing teacher scores": (["distill", "--model", "{d}/model", "--reflections", "{d}/rows.jsonl", "--teacher-scores", "{d}/none.pt", "--out-model", "{d}/ckpt", "--out-metrics", "{d}/m.json", "--settings", SETTINGS], "--teacher-scores {d}/none.pt"),
     "evaluate missing data": (["evaluate", "--model", "{d}/model", "--data", "{d}/none.jsonl", "--out-samples", "{d}/s.jsonl", "--out-summary", "{d}/s.json", "--settings", SETTINGS], "--data {d}/none.jsonl"),
     "aggregate missing exp dir": (["aggregate", "--exp-dir", "{d}/noexp", "--out-dir", "{d}/tables"], "--exp-dir {d}/noexp"),
-    "plots missing rounds": (["plots", "--rounds", "{d}/none.csv", "--evals", "{d}/table.csv", "--comparison", "{d}/table.csv", "--intervals", "{d}/table.csv", "--paired", "{d}/table.csv", "--localization-table", "{d}/table.csv", "--out-dir", "{d}/plots", "--out-page", "{d}/page.html"], "--rounds {d}/none.csv"),
+    "plots missing rounds": (["plots", "--rounds", "{d}/none.csv", "--evals", "{d}/table.csv", "--comparison", "{d}/table.csv", "--intervals", "{d}/table.csv", "--paired", "{d}/table.csv", "--localization-table", "{d}/table.csv", "--quote-offsets-table", "{d}/table.csv", "--out-dir", "{d}/plots", "--out-page", "{d}/page.html"], "--rounds {d}/none.csv"),
     "track missing exp dir": (["track", "--exp-dir", "{d}/noexp", "--config", "{}", "--out", "{d}/marker.json"], "--exp-dir {d}/noexp"),
     "settings not JSON": (["rollouts", "--model", "{d}/model", "--data", "{d}/rows.jsonl", "--out", "{d}/out.jsonl", "--settings", "{seed: 0}"], "--settings is not valid JSON: Expecting property name"),
     "settings truncated": (["init-model", "--out", "{d}/theta0", "--settings", '{"seed": 0'], "--settings is not valid JSON"),

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from rosd.reflection import find_quote, loss_start, parse_reflection, token_at_char
+from rosd.stages.reflect import quote_line_offset, true_error_hit
 
 THETA0 = Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0"
 
@@ -50,6 +51,34 @@ def test_find_quote_first_occurrence_and_stripped_fallback():
     assert find_quote(response, "  b = 2 \n") == 6
     assert find_quote(response, "c = 3") is None
     assert find_quote(response, None) is None
+
+
+TASK = {"steps": ["6 + 9 = 15", "15 - 4 = 11", "The answer is \\boxed{11}."]}
+WRONG = "6 + 9 = 15\n15 - 4 = 12\nThe answer is \\boxed{12}."  # the first error is line 2
+
+
+@pytest.mark.parametrize(
+    "quote, offset, hit",
+    [
+        ("15 - 4 = 12", 0, True),  # the first wrong line
+        ("4 = 12", 0, True),  # starts inside it
+        ("6 + 9 = 15", -1, False),  # a line that was still right
+        ("\\boxed{12}", 1, False),  # where the error showed, one line later
+        ("7 + 9 = 15", None, None),  # not in the response
+    ],
+)
+def test_quote_line_offset_counts_lines_from_the_true_first_error(quote, offset, hit):
+    row = {"reward": 0.0, "task": TASK, "response": WRONG, "quote_char": find_quote(WRONG, quote)}
+    assert quote_line_offset(row) == offset
+    assert true_error_hit(row) is hit
+
+
+def test_quote_line_offset_is_none_without_a_wrong_world_rollout():
+    wrong = {"reward": 0.0, "task": TASK, "response": WRONG, "quote_char": 0}
+    assert quote_line_offset({**wrong, "reward": 1.0}) is None
+    assert quote_line_offset({**wrong, "task": {"steps": None}}) is None  # not a world task
+    right = "\n".join(TASK["steps"])
+    assert quote_line_offset({**wrong, "response": right}) is None  # nothing deviates
 
 
 @pytest.fixture(scope="module")

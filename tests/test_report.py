@@ -30,7 +30,7 @@ from rosd.tracking import reflection_sample, tracking_uri
 
 # Only the last round evaluated: the learning curves have θ0 and round 2.
 OVERLAY = {"methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None}}
-PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png", "paired.png"]
+PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png", "quote_offsets.png", "paired.png"]
 # (method, target, seed) of every parent run: θ0 once per seed as "base"/"all", each trained run
 PARENTS = sorted([("base", "all", s) for s in (0, 1)] + [(m, "math", s) for m in ("opsd", "rosd") for s in (0, 1)])
 IDENTITY_KEYS = {"method", "target", "seed", "round", "step"}  # tags and step, not metrics
@@ -172,7 +172,7 @@ def test_report_embeds_every_plot_and_the_tables(report):
         assert names[name]["mime_type"] == "image/png"
         assert names[name]["data_uri"].startswith("data:image/png")
         assert names[name]["caption"].strip(), f"{name} has no caption"
-    for name in ("comparison.html", "comparison.csv", "comparison.md", "localization.csv"):
+    for name in ("comparison.html", "comparison.csv", "comparison.md", "localization.csv", "quote_offsets.csv"):
         assert name in names
     caption = html.unescape(names["heatmap.png"]["caption"])  # rendered from reStructuredText
     assert "mean@k (k = 2 samples per problem)" in caption  # the caption reads the run's config
@@ -244,7 +244,7 @@ addEventListener("load", () => {
 </script>"""
 
 
-TABLES = ["comparison.html", "comparison.csv", "comparison.md", "intervals.csv", "paired.csv", "localization.csv", "rounds.csv", "evals.csv"]
+TABLES = ["comparison.html", "comparison.csv", "comparison.md", "intervals.csv", "paired.csv", "localization.csv", "quote_offsets.csv", "rounds.csv", "evals.csv"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rosd.grading import score
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages
 from rosd.reflection import find_quote
-from rosd.world.evaluation import evaluate_accuracy
+from rosd.engines.base import Sample
+from rosd.world.evaluation import evaluate_accuracy, evaluate_own_localization
 from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
 from rosd.world.warm_start import run_warm_start
 
@@ -105,3 +106,32 @@ def test_shipped_theta0_loads_and_round_trips_world_text():
         # digits are single tokens, so numbers are spelled digit by digit
         tokens = tokenizer.convert_ids_to_tokens(solution_ids)
         assert all(len(tok) == 1 for tok in tokens if any(c.isdigit() for c in tok))
+
+
+class ScriptedEngine:
+    """θ0's real tokenizer and a generate() that answers from a script: the student's answers per
+    task, then one reflection per wrong answer reflected on (the counting is what is tested)."""
+
+    def __init__(self, answers: list[list[str]], reflections: list[str]):
+        self.tokenizer = AutoTokenizer.from_pretrained(THETA0)
+        self.calls = iter([[[Sample([], text) for text in group] for group in answers],
+                           [[Sample([], text)] for text in reflections]])
+
+    def generate(self, prompts, *, n, **sampling):
+        out = next(self.calls)
+        assert len(out) == len(prompts) and all(len(group) == n for group in out)
+        return out
+
+
+def test_own_localization_counts_wrong_answers_of_groups_with_a_correct_one():
+    first, second = generate("math", "test", 2, seed=1)
+    wrong = corrupt(first, random.Random(0))[0]
+    on_error = first_error_offset(first, wrong)
+    assert on_error > 0, "this draw's error must come after a right line"
+    error_line, right_line = wrong[on_error:].split("\n")[0], first["steps"][0]
+    answers = [[first["solution"], wrong, wrong], [corrupt(second, random.Random(0))[0]] * 3]  # 2nd: no correct one
+    reflections = [f"<error_quote>{error_line}</error_quote><explanation>x</explanation>",
+                   f"<error_quote>{right_line}</error_quote>"]  # unparsed (no explanation), found, not on the error
+    results = evaluate_own_localization("unused", n=2, samples=3, engine=ScriptedEngine(answers, reflections))
+    assert results == {"own_wrong_rollouts": 2, "own_parse_rate": 0.5,
+                       "own_quote_found_rate": 1.0, "own_quote_on_first_error_rate": 0.5}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from collections import Counter
 from statistics import mean
 
 import torch
@@ -219,6 +220,9 @@ def round_stats(rows: list[dict]) -> dict:
         "rows_without_teacher_signal": sum(not r["distilled"] for r in kept),
         "reflection_prompts_cut": sum(bool(r.get("reflection_prompt_tokens_cut")) for r in kept),
         "teacher_prompts_cut": sum(bool(r.get("teacher_prompt_cut")) for r in kept),
+        # how many found quotes start this many lines from the true first error (world tasks)
+        "quote_line_offsets": dict(sorted(Counter(
+            r["quote_line_offset"] for r in found if r.get("quote_line_offset") is not None).items())),
     }
 
 

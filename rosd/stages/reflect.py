@@ -52,6 +52,20 @@ def teacher_context(row: dict, context: str) -> tuple[str | None, str | None]:
     }[context]
 
 
+def quote_line_offset(row: dict) -> int | None:
+    """Lines from a wrong rollout's true first error to where its found quote starts (0: on it,
+    negative: before it); None off the world, for a correct rollout, or with no quote found."""
+    if row["reward"] == 1.0 or row.get("quote_char") is None or not row["task"].get("steps"):
+        return None
+    from rosd.world.tasks import first_error_offset
+
+    start = first_error_offset(row["task"], row["response"])
+    if start is None:
+        return None
+    response = row["response"]
+    return response.count("\n", 0, row["quote_char"]) - response.count("\n", 0, start)
+
+
 def true_error_hit(row: dict) -> bool | None:
     """Whether the found quote starts on the line of the true first error (world tasks only)."""
     if row["reward"] == 1.0 or row.get("quote_char") is None or not row["task"].get("steps"):
@@ -96,6 +110,7 @@ def localize(tokenizer, row: dict, settings: dict) -> None:
         mapping = settings["reflection"]["quote_mapping"]
         row["loss_start"] = loss_start(tokenizer, row["response"], row["response_ids"], quote, mapping)
     row["first_error_hit"] = true_error_hit(row)
+    row["quote_line_offset"] = quote_line_offset(row)
 
 
 def teacher_prompt(tokenizer, row: dict, settings: dict) -> None:

@@ -10,8 +10,8 @@ import random
 from rosd.grading import score
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
 from rosd.reflection import find_quote, parse_reflection
-from rosd.stages.reflect import teacher_context
-from rosd.world.tasks import FAMILIES, corrupt, first_error_offset, generate
+from rosd.stages.reflect import teacher_context, true_error_hit
+from rosd.world.tasks import FAMILIES, corrupt, generate
 
 
 def _engine(model_dir: str, device: str = "cpu"):
@@ -20,10 +20,18 @@ def _engine(model_dir: str, device: str = "cpu"):
     return HFEngine(model_dir, device=device)
 
 
-def _sample_texts(engine, messages: list[list[dict]], *, temperature: float, seed: int) -> list[str]:
+def _sample_texts(engine, messages: list[list[dict]], *, temperature: float, seed: int, n: int = 1,
+                  top_p: float = 0.95) -> list[str] | list[list[str]]:
+    """One text per prompt, or ``n`` > 1 texts per prompt."""
     prompts = [chat_prompt_ids(engine.tokenizer, m) for m in messages]
-    samples = engine.generate(prompts, n=1, temperature=temperature, top_p=0.95, max_new_tokens=192, seed=seed)
-    return [per_prompt[0].text for per_prompt in samples]
+    samples = engine.generate(prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=192, seed=seed)
+    return [per_prompt[0].text if n == 1 else [s.text for s in per_prompt] for per_prompt in samples]
+
+
+def _on_first_error(task: dict, response: str, quote: str | None) -> bool:
+    """The quote is found in the response and starts on the line of its true first error (as the
+    pipeline's ``first_error_hit``)."""
+    return bool(true_error_hit({"reward": 0.0, "task": task, "response": response, "quote_char": find_quote(response, quote)}))
 
 
 def evaluate_accuracy(model_dir: str, family: str, n: int = 200, seed: int = 1, temperature: float = 0.6,
@@ -54,6 +62,7 @@ def evaluate_reflection(model_dir: str, family: str = "math", n: int = 200, seed
         temperature=temperature, seed=seed,
     )
     reflections = [parse_reflection(text) for text in texts]
+    # The reflection prompt after a wrong rollout reads its sibling: here the task's solution.
     contexts = [teacher_context({"task": t, "sibling": t["solution"], "explanation": r.explanation}, "reflection_else_solution")
                 for t, r in zip(tasks, reflections)]
     teacher = [teacher_messages(t, solution=solution, reflection=reflection) for t, (solution, reflection) in zip(tasks, contexts)]
@@ -62,10 +71,42 @@ def evaluate_reflection(model_dir: str, family: str = "math", n: int = 200, seed
         "parse_rate": sum(r.parsed for r in reflections) / n,
         "quote_exact_rate": sum(r.error_quote == line for r, (_, line) in zip(reflections, wrongs)) / n,
         "quote_on_first_error_rate": sum(
-            find_quote(wrong, r.error_quote) == first_error_offset(t, wrong)
-            for t, r, (wrong, _) in zip(tasks, reflections, wrongs)
+            _on_first_error(t, wrong, r.error_quote) for t, r, (wrong, _) in zip(tasks, reflections, wrongs)
         ) / n,
         "teacher_accuracy": sum(score(t["kind"], a, t["answer"]) for t, a in zip(tasks, answers)) / n,
+    }
+
+
+def evaluate_own_localization(model_dir: str, family: str = "math", n: int = 200, seed: int = 1, samples: int = 8,
+                               temperature: float = 1.0, engine=None) -> dict:
+    """How θ0 reflects on its own wrong answers, as the pipeline asks it to (SPEC §1.5).
+
+    ``samples`` answers per test task at the pipeline's rollout temperature; each wrong answer in a
+    group that also has a correct one is reflected on (at the same temperature, top_p 1.0, as the
+    default config) against the group's first correct answer. Rates are over those wrong answers:
+    ``own_parse_rate`` (the explanation parses), ``own_quote_found_rate`` and
+    ``own_quote_on_first_error_rate`` (the quote starts on the line of the true first error).
+    """
+    engine = engine or _engine(model_dir)
+    tasks = generate(family, "test", n, seed)
+    groups = _sample_texts(engine, [student_messages(t) for t in tasks], temperature=temperature, seed=seed,
+                           n=samples, top_p=1.0)
+    wrong = []
+    for task, answers in zip(tasks, groups):
+        correct = [a for a in answers if score(task["kind"], a, task["answer"]) == 1.0]
+        wrong += [(task, a, correct[0]) for a in answers if correct and score(task["kind"], a, task["answer"]) == 0.0]
+    texts = _sample_texts(
+        engine, [reflection_messages(t, a, correct=False, sibling=sibling) for t, a, sibling in wrong],
+        temperature=temperature, seed=seed + 1, top_p=1.0,
+    )
+    reflections = [parse_reflection(text) for text in texts]
+    count = max(len(wrong), 1)
+    return {
+        "own_wrong_rollouts": len(wrong),
+        "own_parse_rate": sum(r.parsed for r in reflections) / count,
+        "own_quote_found_rate": sum(find_quote(a, r.error_quote) is not None for (_, a, _), r in zip(wrong, reflections)) / count,
+        "own_quote_on_first_error_rate": sum(
+            _on_first_error(t, a, r.error_quote) for (t, a, _), r in zip(wrong, reflections)) / count,
     }
 
 
@@ -75,6 +116,7 @@ def evaluate(model_dir: str, n: int = 200, seed: int = 1, temperature: float = 0
     results = {f"accuracy_{family}": evaluate_accuracy(model_dir, family, n, seed, temperature, engine)
                for family in FAMILIES}
     results.update(evaluate_reflection(model_dir, "math", n, seed, temperature, engine))
+    results.update(evaluate_own_localization(model_dir, "math", n, seed, engine=engine))
     return results
 
 
@@ -99,7 +141,8 @@ Measured on {n} test tasks per family, one sample each at temperature {temperatu
 solutions: `parse_rate` = the explanation tag parses, `quote_exact_rate` = the error quote is exactly
 the true first wrong line, `quote_on_first_error_rate` = the quote is found where the first error
 starts; `teacher_accuracy` = the teacher prompt (the parsed reflection, else the sibling solution) answers
-correctly.
+correctly. `own_*`: the same on θ0's own wrong answers (8 per `math` test task at temperature 1.0,
+reflected on at 1.0 against a correct answer of the same group, as the pipeline does).
 
 The model learns arithmetic suddenly (a run's accuracy climbs from ~10% to ~100% over a few
 thousand steps, at a step that varies with the seed), so the step count was chosen from snapshots

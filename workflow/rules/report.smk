@@ -40,6 +40,12 @@ rule aggregate:
             labels={"table": "localization (CSV)"},
         ),
         report(
+            f"{EXP}/tables/quote_offsets.csv",
+            caption="../report/quote_offsets_csv.rst",
+            category="Comparison",
+            labels={"table": "quote start against the first error (CSV)"},
+        ),
+        report(
             f"{EXP}/tables/rounds.csv",
             caption="../report/rounds_csv.rst",
             category="Data",
@@ -68,6 +74,7 @@ rule plots:
         intervals=f"{EXP}/tables/intervals.csv",
         paired=f"{EXP}/tables/paired.csv",
         localization=f"{EXP}/tables/localization.csv",
+        quote_offsets=f"{EXP}/tables/quote_offsets.csv",
     output:
         # the file names inside plots/ are fixed by rosd.plots.write_plots
         report(
@@ -95,6 +102,12 @@ rule plots:
             labels={"figure": "localization per round"},
         ),
         report(
+            f"{EXP}/plots/quote_offsets.png",
+            caption="../report/quote_offsets.rst",
+            category="Plots",
+            labels={"figure": "quote start against the first error"},
+        ),
+        report(
             f"{EXP}/plots/paired.png",
             caption="../report/paired.rst",
             category="Plots",
@@ -114,7 +127,7 @@ rule plots:
     shell:
         "rosd --log {log} plots --rounds {input.rounds} --evals {input.evals} --comparison {input.comparison}"
         " --intervals {input.intervals} --paired {input.paired}"
-        f" --localization-table {{input.localization}} --out-dir {EXP}/plots --out-page {{output.page}}"
+        f" --localization-table {{input.localization}} --quote-offsets-table {{input.quote_offsets}} --out-dir {EXP}/plots --out-page {{output.page}}"
 
 
 rule track:
