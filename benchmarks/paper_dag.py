@@ -8,7 +8,6 @@ evaluation every 10 steps. It prints the jobs per rule, the seconds and the peak
 What it changes in the preset, and why (none of it changes the jobs' number or shape):
 - ``methods``: base and the six trained presets that can read these targets (opsd needs dataset
   solutions, which SciKnowEval and ToolUse do not have: the workflow refuses it).
-- ``train.launcher: none``: sdpo's EMA teacher is refused under accelerate today.
 - ``rounds.tooluse``: its train split is not in this checkout, so it gets chemistry's 590 rounds
   (the largest budget; the reference's 5 epochs over its rows).
 No data or model is read: a dry run needs only the names.
@@ -39,7 +38,7 @@ def overlay(seeds: int, rounds: int | None) -> dict:
     budget["tooluse"] = max(budget.values())
     if rounds is not None:
         budget = {t: min(r, rounds) for t, r in budget.items()}
-    return {"methods": METHODS, "seeds": list(range(seeds)), "train": {"launcher": "none"}, "rounds": budget}
+    return {"methods": METHODS, "seeds": list(range(seeds)), "rounds": budget}
 
 
 def dry_run(seeds: int, rounds: int | None) -> dict:

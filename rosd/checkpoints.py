@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 # A checkpoint's entries beside the plain model: what only training reads.
 TRAINER_STATE = "trainer_state.pt"  # AdamW state and the global step (rosd/training.py)
+SHARDED_TRAINER_STATE = "trainer_state"  # the same, one file per process (rosd/sharding.py)
 EMA_TEACHER = "ema_teacher"  # an EMA teacher's weights (rosd/stages/teacher.py)
 ADAPTER = "adapter"  # a LoRA adapter (rosd/training.py)
-TRAINING_ONLY = (TRAINER_STATE, EMA_TEACHER, ADAPTER)
+TRAINING_ONLY = (TRAINER_STATE, SHARDED_TRAINER_STATE, EMA_TEACHER, ADAPTER)
 # Snakemake's mtime carrier inside a directory output: the kept model gets its own, never a link,
 # or touching one would touch the checkpoint's too (and make it look newer than what read it).
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"

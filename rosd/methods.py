@@ -82,10 +82,7 @@ def resolve(config: dict, method: str) -> dict:
 def unsupported(method: dict, train: dict) -> str | None:
     """Why these settings cannot train (rosd/training.py), as one line; None when they can. The
     train keys read here are optional: absent means off. (Torch-free: the Snakefile calls it.)"""
-    ema, lora = method.get("teacher") == "ema", train.get("lora")
-    if train.get("launcher", "none") == "accelerate" and (ema or lora):
-        return "train.launcher=accelerate supports full fine-tuning with a frozen teacher only (no train.lora, no EMA teacher)"
-    if ema and lora:
+    if method.get("teacher") == "ema" and train.get("lora"):
         return "train.lora cannot train a method with an EMA teacher (sdpo): the EMA averages full weights"
     return None
 

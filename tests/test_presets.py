@@ -30,7 +30,7 @@ def test_paper_preset_steps_are_the_reference_budgets(preset):
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_paper_presets_use_the_reference_budgets(preset):
     config = yaml.safe_load(preset.read_text())
-    assert config["methods"] == ["base", "rosd", "grpo"]
+    assert config["methods"] == ["base", "rosd", "sdpo", "grpo"]
     assert config["reflection"]["max_new_tokens"] == 8192 and config["reflection"]["prompt_max_tokens"] == 2048
     assert config["train"]["reduction"] == "reference" and config["train"]["teacher_prompt_max_tokens"] == 10240
     assert config["evaluation"]["every_steps"] == 10

@@ -1,9 +1,9 @@
 """Training options on the CPU (rosd/training.py): gradient checkpointing, LoRA, and several processes.
 
 What runs here: gradient checkpointing and LoRA on a small world model, and the several-process path
-with two CPU processes under torchrun (DDP over gloo). On GPUs the same path runs under
-``accelerate launch`` with FSDP (config/accelerate_fsdp.yaml): that wrapper, bfloat16 autocast and
-CUDA are not exercised here.
+(rosd/sharding.py: FSDP2) with two CPU processes under torchrun over gloo, for sdpo (EMA teacher)
+and LoRA. On GPUs the same code runs under ``accelerate launch`` over NCCL; bfloat16 mixed precision
+and CUDA are not exercised here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from rosd.checkpoints import ADAPTER, TRAINER_STATE
+from rosd.checkpoints import ADAPTER, EMA_TEACHER, SHARDED_TRAINER_STATE, TRAINER_STATE
 from rosd.io import read_jsonl, write_jsonl
 from rosd.modeling import load_model, load_tokenizer
 from rosd.stages.distill import run_distill, train_step
@@ -37,9 +38,9 @@ METHOD = {"objective": "distill", "teacher": "frozen", "teacher_context": "refle
 LORA = {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}
 
 
-def settings(round_index=1, **train):
+def settings(round_index=1, method=METHOD, **train):
     return {"device": "cpu", "dtype": "float32", "seed": 0, "round": round_index, "train": {**TRAIN, **train},
-            "method": METHOD, "method_name": "rosd", "target": "math"}
+            "method": method, "method_name": "rosd", "target": "math"}
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +67,13 @@ def one_step(model, files, **train):
     return train_step(model, optimizer, rows, targets, settings=full, global_step=0)
 
 
-def rounds(theta0, files, out: Path, n: int, command=None, **train) -> Path:
-    """``n`` rounds through checkpoint files, in this process or as ``command`` + the CLI arguments."""
+def rounds(theta0, files, out: Path, n: int, command=None, method=METHOD, **train) -> Path:
+    """``n`` rounds of ``method`` through checkpoint files, in this process or as ``command`` + the
+    CLI arguments."""
     model = theta0
     for r in range(1, n + 1):
         kwargs = dict(model=model, reflections=str(files[0]), teacher_scores=str(files[1]), out_model=str(out / f"round{r}"),
-                      out_metrics=str(out / f"metrics{r}.json"), settings=settings(r, **train))
+                      out_metrics=str(out / f"metrics{r}.json"), settings=settings(r, method, **train))
         if command is None:
             run_distill(**kwargs)
         else:
@@ -143,26 +145,56 @@ def test_lora_rounds_resume_the_adapter_and_write_merged_weights(theta0, files, 
 
 def test_unsupported_combinations_are_one_line():
     assert unsupported(METHOD, TRAIN) is None
-    assert "no train.lora" in unsupported(METHOD, {**TRAIN, "launcher": "accelerate", "lora": LORA})
+    assert unsupported({**METHOD, "teacher": "ema"}, {**TRAIN, "launcher": "accelerate"}) is None
     assert "EMA" in unsupported({**METHOD, "teacher": "ema"}, {**TRAIN, "lora": LORA})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="several processes need accelerate: pip install 'rosd[train]'")
-def test_two_processes_train_like_one(theta0, files, tmp_path):
-    single = rounds(theta0, files, tmp_path / "single", 2)
-    torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc-per-node=2", "-m", "rosd.cli"]
-    split = rounds(theta0, files, tmp_path / "two", 2, command=torchrun, launcher="accelerate", num_processes=2)
+SDPO = {**METHOD, "teacher_context": "solution", "mask": "full", "teacher": "ema", "ema_rate": 0.05}
+TORCHRUN = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc-per-node=2", "-m", "rosd.cli"]
 
-    state = torch.load(split / TRAINER_STATE, weights_only=True)
-    assert state["global_step"] == 2 and "optimizer_by_name" in state
-    # Adam divides by sqrt(v): an entry whose gradient is ~0 moves by up to lr whatever the last bits
-    # of its gradient, which a different summation order changes. So: almost every entry within 1e-5,
-    # none off by more than one step's lr (a dropped or doubled micro-batch moves most entries).
-    for (name, a), b in zip(load_model(str(single)).named_parameters(), load_model(str(split)).parameters()):
+
+def assert_trained_alike(single: Path, split: Path) -> None:
+    """The same weights after the same steps, one process or two. Adam divides by sqrt(v): an entry
+    whose gradient is ~0 moves by up to lr whatever the last bits of its gradient, which another
+    summation order changes. So: almost every entry within 1e-5, none off by more than one step's
+    lr (a dropped or doubled micro-batch moves most entries)."""
+    for (name, a), b in zip(load_model(str(single)).named_parameters(), load_model(str(split)).parameters(), strict=True):
         difference = (a - b).abs()
         assert (difference > 1e-5).float().mean() < 1e-3 and difference.max() < TRAIN["lr"], name
+
+
+def assert_sharded_trainer_state(checkpoint: Path) -> None:
+    """AdamW state written by torch.distributed.checkpoint, one file per process, and no gathered copy."""
+    assert not (checkpoint / TRAINER_STATE).exists()
+    assert sorted(p.name for p in (checkpoint / SHARDED_TRAINER_STATE).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+
+def test_two_sharded_processes_train_sdpo_like_one(theta0, files, tmp_path):
+    """FSDP2 over two CPU processes (gloo): round 2 resumes the sharded AdamW state and the EMA teacher."""
+    single = rounds(theta0, files, tmp_path / "single", 2, method=SDPO)
+    split = rounds(theta0, files, tmp_path / "two", 2, method=SDPO, command=TORCHRUN, launcher="accelerate", num_processes=2)
+    assert_sharded_trainer_state(split)
+    assert_trained_alike(single, split)
+    assert_trained_alike(single / EMA_TEACHER, split / EMA_TEACHER)
+    # the teacher moved off θ0, by 0.05 of the student's way
+    teacher, base = load_model(str(split / EMA_TEACHER)), load_model(theta0)
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), base.parameters()))
     one, two = (json.loads((tmp_path / d / "metrics2.json").read_text()) for d in ("single", "two"))
+    assert two["step"] == one["step"] == 2
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install 'rosd[train]'")
+def test_two_sharded_processes_train_lora_like_one(theta0, files, tmp_path):
+    single = rounds(theta0, files, tmp_path / "single", 2, lora=LORA)
+    split = rounds(theta0, files, tmp_path / "two", 2, lora=LORA, command=TORCHRUN, launcher="accelerate", num_processes=2)
+    assert_sharded_trainer_state(split)
+    assert (split / ADAPTER / "adapter_config.json").exists()
+    assert_trained_alike(single, split)
+    adapters = [load_file(d / ADAPTER / "adapter_model.safetensors") for d in (single, split)]
+    assert adapters[0].keys() == adapters[1].keys()
+    for name, value in adapters[0].items():
+        assert torch.allclose(value, adapters[1][name], atol=1e-5), name
 
 
 def _grpo_settings(grpo: dict) -> dict:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from statistics import mean
 
 import torch
 
 from rosd.checkpoints import EMA_TEACHER, TRAINER_STATE
-from rosd.io import atomic_dir, read_jsonl, write_json
+from rosd.io import read_jsonl, write_json
 from rosd.losses import (
     add_tail,
     chunked_over_tokens,
@@ -29,7 +29,7 @@ from rosd.losses import (
 from rosd.methods import unsupported
 from rosd.modeling import load_model, load_tokenizer
 from rosd.scoring import batches, logp_of, response_tokens
-from rosd.training import Accelerated, SingleProcess, load_student, save_student
+from rosd.training import SingleProcess, load_student
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,6 @@ def step_updates(rows: list[dict], targets: list | None, method: dict):
     return [(rows[i : i + size], None) for i in range(0, len(rows), size)]
 
 
-@torch.no_grad()
-def update_ema(teacher, student, rate: float) -> None:
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(1.0 - rate).add_(s, alpha=rate)
-
-
 def round_stats(rows: list[dict]) -> dict:
     """Rollout, reflection and localization statistics of one round (SPEC §1, "Logged per step")."""
     kept = [r for r in rows if r["in_loss"]]
@@ -240,18 +234,18 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
         raise SystemExit(problem)
     tokenizer = load_tokenizer(model)
     if train.get("launcher", "none") == "accelerate":
-        # Loaded on the CPU: accelerate places (and FSDP shards) the weights on each process's GPU.
-        student = load_student(model, train, device="cpu")
-        runtime = Accelerated(student, train, device=settings["device"])
-        optimizer, global_step = runtime.optimizer, runtime.resume(model)
+        from rosd.sharding import Sharded
+
+        runtime = Sharded(model, train, method, device=settings["device"], dtype=settings["dtype"])
+        student, optimizer, global_step = runtime.student, runtime.optimizer, runtime.resume(model)
     else:
         student = load_student(model, train, device=settings["device"])
         optimizer, global_step = optimizer_for(student, train, Path(model))
-        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"])
-    ema = None
-    if method.get("teacher") == "ema":
-        previous = Path(model) / EMA_TEACHER
-        ema = load_model(str(previous) if previous.exists() else model, device=settings["device"]).eval()
+        ema = None
+        if method.get("teacher") == "ema":
+            previous = Path(model) / EMA_TEACHER
+            ema = load_model(str(previous) if previous.exists() else model, device=settings["device"]).eval()
+        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"], ema=ema)
     settings = dict(settings, pad_id=tokenizer.pad_token_id)
     steps = []
     total, steps_started = train["steps_per_round"], time.time()
@@ -266,23 +260,17 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
             result = train_step(student, optimizer, update_rows, update_targets, settings=settings, global_step=global_step, runtime=runtime)
             global_step += 1
             steps.append(result)
-            if ema is not None:
-                update_ema(ema, student, method["ema_rate"])
+            if runtime.ema is not None:
+                runtime.update_ema(method["ema_rate"])
             rate = (step + 1) / max(time.time() - steps_started, 1e-9)  # steps/s, for the ETA of the round
             log.info(
                 "step %d/%d (global %d): loss %.4f grad_norm %.3f lr %.2e (%.2f steps/s, ETA %.0fs)",
                 step + 1, total, global_step, result["loss"], result["grad_norm"], result["lr"], rate, (total - step - 1) / rate,
             )
-    # Every process takes part in gathering the weights and optimizer state; the main one writes.
-    weights, optimizer_state = runtime.full_state(optimizer)
+    # Under several processes every one takes part in writing the checkpoint; the main one ends it.
+    runtime.write_checkpoint(out_model, tokenizer, optimizer, global_step)
     if not runtime.is_main:
-        return runtime.wait()
-    with atomic_dir(out_model) as tmp:
-        save_student(student, tmp, weights)
-        tokenizer.save_pretrained(tmp)
-        torch.save({**optimizer_state, "global_step": global_step}, tmp / TRAINER_STATE)
-        if ema is not None:
-            ema.save_pretrained(tmp / EMA_TEACHER)
+        return None
     metrics = {
         "method": settings["method_name"], "target": settings["target"], "seed": settings["seed"], "round": settings["round"],
         "step": global_step,
@@ -295,4 +283,3 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
     # file records the job's seconds).
     write_json(out_metrics, metrics)
     log.info("round %d done in %.1fs: %s", settings["round"], time.time() - started, metrics)
-    runtime.wait()

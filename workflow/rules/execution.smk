@@ -66,10 +66,9 @@ def trainer():
     train = config["train"]
     if train["launcher"] == "none":
         return "rosd"
-    precision = "bf16" if config["model"]["dtype"] == "bfloat16" else "no"
     return (
         f"accelerate launch --config_file {ACCELERATE_CONFIG} --num_processes {train['num_processes']}"
-        f" --mixed_precision {precision} --main_process_port 0 -m rosd.cli"
+        " --main_process_port 0 -m rosd.cli"
     )
 
 
