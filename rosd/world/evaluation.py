@@ -21,10 +21,10 @@ def _engine(model_dir: str, device: str = "cpu"):
 
 
 def _sample_texts(engine, messages: list[list[dict]], *, temperature: float, seed: int, n: int = 1,
-                  top_p: float = 0.95) -> list[str] | list[list[str]]:
+                  top_p: float = 0.95, max_new_tokens: int = 192) -> list[str] | list[list[str]]:
     """One text per prompt, or ``n`` > 1 texts per prompt."""
     prompts = [chat_prompt_ids(engine.tokenizer, m) for m in messages]
-    samples = engine.generate(prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=192, seed=seed)
+    samples = engine.generate(prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     return [per_prompt[0].text if n == 1 else [s.text for s in per_prompt] for per_prompt in samples]
 
 
@@ -77,37 +77,45 @@ def evaluate_reflection(model_dir: str, family: str = "math", n: int = 200, seed
     }
 
 
-def evaluate_own_localization(model_dir: str, family: str = "math", n: int = 200, seed: int = 1, samples: int = 8,
-                               temperature: float = 1.0, engine=None) -> dict:
-    """How θ0 reflects on its own wrong answers, as the pipeline asks it to (SPEC §1.5).
+def reflect_on_own_answers(engine, tasks: list[dict], *, samples: int = 8, temperature: float = 1.0, seed: int = 1,
+                           max_new_tokens: int = 192) -> dict:
+    """How a model reflects on its own wrong answers, as the pipeline asks it to (SPEC §1.5), on any
+    tasks (the world's or a real dataset's records).
 
-    ``samples`` answers per test task at the pipeline's rollout temperature; each wrong answer in a
-    group that also has a correct one is reflected on (at the same temperature, top_p 1.0, as the
-    default config) against the group's first correct answer. Rates are over those wrong answers:
-    ``own_parse_rate`` (the explanation parses), ``own_quote_found_rate`` and
+    ``samples`` answers per task; each wrong answer in a group that also has a correct one is
+    reflected on (same temperature, top_p 1.0, as the default config) against the group's first
+    correct answer. ``own_accuracy`` is over all answers; the rates over those wrong answers:
+    ``own_parse_rate`` (the explanation parses), ``own_quote_found_rate`` and, for world tasks,
     ``own_quote_on_first_error_rate`` (the quote starts on the line of the true first error).
     """
-    engine = engine or _engine(model_dir)
-    tasks = generate(family, "test", n, seed)
-    groups = _sample_texts(engine, [student_messages(t) for t in tasks], temperature=temperature, seed=seed,
-                           n=samples, top_p=1.0)
-    wrong = []
+    kw = dict(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
+    groups = _sample_texts(engine, [student_messages(t) for t in tasks], seed=seed, n=samples, **kw)
+    wrong, correct_count = [], 0
     for task, answers in zip(tasks, groups):
         correct = [a for a in answers if score(task["kind"], a, task["answer"]) == 1.0]
+        correct_count += len(correct)
         wrong += [(task, a, correct[0]) for a in answers if correct and score(task["kind"], a, task["answer"]) == 0.0]
     texts = _sample_texts(
-        engine, [reflection_messages(t, a, correct=False, sibling=sibling) for t, a, sibling in wrong],
-        temperature=temperature, seed=seed + 1, top_p=1.0,
-    )
+        engine, [reflection_messages(t, a, correct=False, sibling=sibling) for t, a, sibling in wrong], seed=seed + 1, **kw)
     reflections = [parse_reflection(text) for text in texts]
     count = max(len(wrong), 1)
+    world = all(t.get("steps") for t in tasks)
     return {
+        "own_accuracy": correct_count / max(samples * len(tasks), 1),
         "own_wrong_rollouts": len(wrong),
         "own_parse_rate": sum(r.parsed for r in reflections) / count,
         "own_quote_found_rate": sum(find_quote(a, r.error_quote) is not None for (_, a, _), r in zip(wrong, reflections)) / count,
         "own_quote_on_first_error_rate": sum(
-            _on_first_error(t, a, r.error_quote) for (t, a, _), r in zip(wrong, reflections)) / count,
+            _on_first_error(t, a, r.error_quote) for (t, a, _), r in zip(wrong, reflections)) / count if world else None,
     }
+
+
+def evaluate_own_localization(model_dir: str, family: str = "math", n: int = 200, seed: int = 1, samples: int = 8,
+                              temperature: float = 1.0, engine=None) -> dict:
+    """``reflect_on_own_answers`` on ``n`` world test tasks of ``family``, at the default config's
+    rollout and reflection temperature."""
+    tasks = generate(family, "test", n, seed)
+    return reflect_on_own_answers(engine or _engine(model_dir), tasks, samples=samples, temperature=temperature, seed=seed)
 
 
 def evaluate(model_dir: str, n: int = 200, seed: int = 1, temperature: float = 0.6, device: str = "cpu") -> dict:
@@ -162,3 +170,27 @@ def write_report(model_dir: str, results: dict, *, n: int, command: str) -> None
             command=command, settings=json.dumps(record["settings"]), n=n, temperature=0.6, **record["metrics"],
             rows="\n".join(f"| {k} | {v:.3f} |" for k, v in results.items()),
         ))
+
+
+def main(argv=None) -> None:
+    """``python -m rosd.world.evaluation MODEL TASKS.jsonl``: ``reflect_on_own_answers`` of a model
+    on a prepared task file (e.g. a run's data/test/<benchmark>.jsonl), printed as JSON."""
+    import argparse
+
+    from rosd.io import read_jsonl
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    parser.add_argument("model")
+    parser.add_argument("tasks")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=192)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    results = reflect_on_own_answers(_engine(args.model), read_jsonl(args.tasks), samples=args.samples,
+                                     temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

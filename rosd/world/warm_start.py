@@ -6,6 +6,10 @@ format, quoting the true first wrong line) and teacher-style copying (the teache
 solution it was shown), over every task family, mostly the train target ``math``.
 
     python -m rosd.world.warm_start rosd/world/theta0 --evaluate   # how the shipped θ0 was made
+
+The same rule teaches a real chat model the reflector's format (``--init-from`` a model directory,
+``--mix reflection_format``, ``--lora-r``): that is how config/smollm2_cpu.yaml's adapter was made
+(rosd/adapters/smollm2_reflection/README.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 import torch
 
 from rosd.io import atomic_dir
+from rosd.modeling import load_model, load_tokenizer
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
 from rosd.world.model import build_model, train_tokenizer
 from rosd.world.evaluation import evaluate, write_report
@@ -28,14 +33,23 @@ from rosd.world.tasks import corrupt, explain_correct, explain_error, sample
 
 log = logging.getLogger(__name__)
 
-FAMILY_WEIGHTS = {"math": 0.6, "math_long": 0.1, "mcq": 0.15, "tooluse": 0.15}
-ROLE_WEIGHTS = {"solve": 0.35, "reflect_wrong": 0.35, "reflect_correct": 0.10, "teach": 0.20}
+# A mix is (family weights, role weights, the teacher contexts a "teach" example draws from).
+MIXES = {
+    # θ0 from nothing: every role over every family, mostly the train target math.
+    "scratch": ({"math": 0.6, "math_long": 0.1, "mcq": 0.15, "tooluse": 0.15},
+                {"solve": 0.35, "reflect_wrong": 0.35, "reflect_correct": 0.10, "teach": 0.20},
+                ["reflection", "reflection", "solution", "both"]),
+    # A real chat model that can add but does not write the reflector's tags (config/smollm2_cpu.yaml):
+    # the reflection format on the world's additions, and boxed answers.
+    "reflection_format": ({"math": 1.0}, {"solve": 0.2, "reflect_wrong": 0.6, "reflect_correct": 0.2}, []),
+}
 MAX_LENGTH = 1024  # tokens; longer examples are dropped
 POOL_BATCHES = 16  # examples are sorted by length within a pool of this many batches (less padding)
 
 
-def example(task: dict, role: str, rng: random.Random) -> tuple[list[dict], str]:
-    """(chat messages, target text) of one supervised example for ``role``."""
+def example(task: dict, role: str, rng: random.Random, contexts: list[str]) -> tuple[list[dict], str]:
+    """(chat messages, target text) of one supervised example for ``role``; a teacher example reads
+    one of ``contexts``."""
     if role == "solve":
         return student_messages(task), task["solution"]
     if role == "reflect_wrong":
@@ -51,7 +65,7 @@ def example(task: dict, role: str, rng: random.Random) -> tuple[list[dict], str]
     # The teacher reads a reflection on a wrong rollout (mostly) or a correct one, or a sibling
     # solution when no reflection parsed (SPEC §1.6), sometimes both (the ablation's prompt).
     reflection = explain_error(task, corrupt(task, rng)[0]) if rng.random() < 0.7 else explain_correct(task)
-    context = rng.choice(["reflection", "reflection", "solution", "both"])
+    context = rng.choice(contexts)
     messages = teacher_messages(
         task,
         solution=task["solution"] if context != "reflection" else None,
@@ -64,16 +78,18 @@ def _draw(rng: random.Random, weights: dict) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
-def _examples(rng: random.Random):
+def _examples(rng: random.Random, mix: str):
+    families, roles, contexts = MIXES[mix]
     while True:
-        task = sample(_draw(rng, FAMILY_WEIGHTS), "train", rng)
-        yield example(task, _draw(rng, ROLE_WEIGHTS), rng)
+        task = sample(_draw(rng, families), "train", rng)
+        yield example(task, _draw(rng, roles), rng, contexts)
 
 
 def tokenizer_corpus(seed: int, n: int = 3000):
     """The world's text: every role's rendered messages and targets, with the chat roles' names."""
     rng = random.Random(seed)
-    for messages, target in (next(_examples(rng)) for _ in range(n)):
+    examples = _examples(rng, "scratch")
+    for messages, target in (next(examples) for _ in range(n)):
         yield "\n".join(f"{m['role']}\n{m['content']}" for m in messages) + "\nassistant\n" + target
 
 
@@ -84,9 +100,9 @@ def _encode(tokenizer, messages, target) -> tuple[list[int], int]:
     return prompt + reply, len(prompt)
 
 
-def _batches(tokenizer, rng: random.Random, batch_size: int):
+def _batches(tokenizer, rng: random.Random, batch_size: int, mix: str):
     """Padded (input_ids, attention_mask, labels) batches of similar lengths, in random order."""
-    examples = _examples(rng)
+    examples = _examples(rng, mix)
     while True:
         pool = []
         while len(pool) < POOL_BATCHES * batch_size:
@@ -109,11 +125,30 @@ def _batches(tokenizer, rng: random.Random, batch_size: int):
 
 
 def _save(model, tokenizer, out_dir: str, record: dict) -> None:
-    """Model, tokenizer and how they were made, written atomically (readers never see half a model)."""
+    """Model and tokenizer (a LoRA adapter alone) and how they were made, written atomically
+    (readers never see half a model)."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if not hasattr(model, "peft_config"):
+            tokenizer.save_pretrained(tmp)
         (tmp / "warm_start.json").write_text(json.dumps(record, indent=2))
+
+
+def _start(settings: dict):
+    """(tokenizer, trainable model): a new world model, or the one in ``init_from`` (LoRA over it
+    when ``lora_r``)."""
+    if not settings["init_from"]:
+        tokenizer = train_tokenizer(tokenizer_corpus(settings["seed"]), settings["vocab_size"])
+        return tokenizer, build_model(tokenizer, layers=settings["layers"], hidden=settings["hidden"], seed=settings["seed"])
+    tokenizer, model = load_tokenizer(settings["init_from"]), load_model(settings["init_from"])
+    if settings["lora_r"]:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(settings["seed"])
+        lora = LoraConfig(r=settings["lora_r"], lora_alpha=2 * settings["lora_r"], lora_dropout=0.0,
+                          target_modules=settings["lora_modules"].split(","))
+        model = get_peft_model(model, lora)
+    return tokenizer, model
 
 
 def run_warm_start(
@@ -131,8 +166,15 @@ def run_warm_start(
     threads: int = 1,
     device: str = "cpu",
     snapshot_every: int = 0,
+    mix: str = "scratch",
+    init_from: str = "",
+    lora_r: int = 0,
+    lora_modules: str = "q_proj,v_proj",
 ) -> dict:
-    """Train θ0 from scratch and save model + tokenizer to ``out_dir``; returns training metrics.
+    """Train θ0 from scratch on the supervised ``mix`` and save model + tokenizer to ``out_dir``;
+    returns training metrics. With ``init_from``, train that model instead (its tokenizer and size;
+    ``layers``, ``hidden`` and ``vocab_size`` unused), and with ``lora_r`` only a LoRA adapter over
+    ``lora_modules``, which is what ``out_dir`` then holds.
 
     AdamW with linear warm-up then a constant ``lr``; loss only on target tokens. The schedule does
     not depend on ``steps``, so the snapshot that ``snapshot_every`` saves at step k (to
@@ -144,20 +186,23 @@ def run_warm_start(
     # several times slower than one; it also keeps the run bit-reproducible whatever the core count.
     torch.set_num_threads(threads)
     started = time.time()
+    if mix not in MIXES:
+        raise ValueError(f"unknown mix {mix!r}; mixes: {', '.join(MIXES)}")
     rng = random.Random(seed)
-    tokenizer = train_tokenizer(tokenizer_corpus(seed), vocab_size)
-    model = build_model(tokenizer, layers=layers, hidden=hidden, seed=seed).to(device).train()
+    tokenizer, model = _start(settings)
+    model = model.to(device).train()
     log.info("warm start: %d parameters, vocab %d, %s", model.num_parameters(), len(tokenizer), settings)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    batches = _batches(tokenizer, rng, batch_size)
+    batches = _batches(tokenizer, rng, batch_size, mix)
     tokens, window_loss, window_start, recent_loss = 0, 0.0, time.time(), float("nan")
     for step in range(1, steps + 1):
         input_ids, mask, labels = (t.to(device) for t in next(batches))
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         tokens += int(mask.sum())

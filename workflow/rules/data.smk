@@ -27,6 +27,7 @@ rule init_model:
         "../envs/cpu.yaml"
     threads: MODEL_THREADS
     params:
-        settings=as_json(config["model"]),
+        # model.adapter only when set: adding the key reruns no existing experiment
+        settings=as_json({k: v for k, v in config["model"].items() if k != "adapter" or v}),
     shell:
         "rosd --log {log} init-model --out {output} --settings {params.settings:q}"
