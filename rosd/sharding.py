@@ -72,6 +72,9 @@ class Sharded:
     def __init__(self, model_dir: str, train: dict, method: dict, *, device: str, dtype: str):
         cuda = device.startswith("cuda")
         if not dist.is_initialized():
+            if "RANK" not in os.environ:
+                raise SystemExit("train.launcher=accelerate: the distill stage must be started by `accelerate launch` or "
+                                 "torchrun (the workflow's command is), not alone")
             dist.init_process_group("nccl" if cuda else "gloo")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0

@@ -74,14 +74,18 @@ def rounds(theta0, files, out: Path, n: int, command=None, method=METHOD, **trai
     for r in range(1, n + 1):
         kwargs = dict(model=model, reflections=str(files[0]), teacher_scores=str(files[1]), out_model=str(out / f"round{r}"),
                       out_metrics=str(out / f"metrics{r}.json"), settings=settings(r, method, **train))
-        if command is None:
-            run_distill(**kwargs)
-        else:
-            args = [f"--{k.replace('_', '-')}={json.dumps(v) if k == 'settings' else v}" for k, v in kwargs.items()]
-            done = subprocess.run([*command, "distill", *args], capture_output=True, text=True, env=environment())
-            assert done.returncode == 0, done.stderr[-4000:]
+        distill(command, **kwargs)
         model = str(out / f"round{r}")
     return Path(model)
+
+
+def distill(command=None, **kwargs) -> None:
+    """The distill stage in this process, or as ``command`` + its CLI arguments."""
+    if command is None:
+        return run_distill(**kwargs)
+    args = [f"--{k.replace('_', '-')}={json.dumps(v) if k == 'settings' else v}" for k, v in kwargs.items()]
+    done = subprocess.run([*command, "distill", *args], capture_output=True, text=True, env=environment())
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def environment() -> dict:
@@ -153,20 +157,25 @@ SDPO = {**METHOD, "teacher_context": "solution", "mask": "full", "teacher": "ema
 TORCHRUN = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc-per-node=2", "-m", "rosd.cli"]
 
 
-def assert_trained_alike(single: Path, split: Path) -> None:
+def assert_trained_alike(single: Path, split: Path, lr: float = TRAIN["lr"]) -> None:
     """The same weights after the same steps, one process or two. Adam divides by sqrt(v): an entry
     whose gradient is ~0 moves by up to lr whatever the last bits of its gradient, which another
     summation order changes. So: almost every entry within 1e-5, none off by more than one step's
     lr (a dropped or doubled micro-batch moves most entries)."""
     for (name, a), b in zip(load_model(str(single)).named_parameters(), load_model(str(split)).parameters(), strict=True):
         difference = (a - b).abs()
-        assert (difference > 1e-5).float().mean() < 1e-3 and difference.max() < TRAIN["lr"], name
+        assert (difference > 1e-5).float().mean() < 1e-3 and difference.max() < lr, name
 
 
 def assert_sharded_trainer_state(checkpoint: Path) -> None:
     """AdamW state written by torch.distributed.checkpoint, one file per process, and no gathered copy."""
     assert not (checkpoint / TRAINER_STATE).exists()
     assert sorted(p.name for p in (checkpoint / SHARDED_TRAINER_STATE).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+
+def test_sharded_training_started_alone_is_one_clear_error(theta0, files, tmp_path):
+    with pytest.raises(SystemExit, match="must be started by `accelerate launch` or torchrun"):
+        rounds(theta0, files, tmp_path, 1, launcher="accelerate", num_processes=2)
 
 
 def test_two_sharded_processes_train_sdpo_like_one(theta0, files, tmp_path):
@@ -204,17 +213,29 @@ def _grpo_settings(grpo: dict) -> dict:
             "train": {**TRAIN, **grpo["train"], "lr": 1e-3, "warmup_steps": 0}}
 
 
+def _grpo_round(theta0, files, out: Path, command=None, **train) -> Path:
+    from rosd.methods import PRESETS
+
+    scores = out / "teacher.pt"
+    out.mkdir(parents=True)
+    torch.save({"targets": []}, scores)
+    settings = _grpo_settings(PRESETS["grpo"])
+    distill(command, model=theta0, reflections=str(files[0]), teacher_scores=str(scores), out_model=str(out / "ckpt"),
+            out_metrics=str(out / "metrics.json"), settings={**settings, "train": {**settings["train"], **train}})
+    return out
+
+
 def test_grpo_round_takes_its_mini_batch_updates(theta0, files, tmp_path):
     """The grpo preset through the distill stage (old policy recorded, dual clip, IS weight): 5
     rollouts in 3 mini-batch updates (4 requested), and the weights moved."""
-    from rosd.methods import PRESETS
-
-    grpo = PRESETS["grpo"]
-    scores = tmp_path / "teacher.pt"
-    torch.save({"targets": []}, scores)
-    run_distill(model=theta0, reflections=str(files[0]), teacher_scores=str(scores), out_model=str(tmp_path / "ckpt"),
-                out_metrics=str(tmp_path / "metrics.json"), settings=_grpo_settings(grpo))
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    out = _grpo_round(theta0, files, tmp_path / "one")
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["optimizer_steps"] == 3 and metrics["step"] == 3
-    moved = [not torch.equal(a, b) for a, b in zip(load_model(theta0).parameters(), load_model(str(tmp_path / "ckpt")).parameters())]
+    moved = [not torch.equal(a, b) for a, b in zip(load_model(theta0).parameters(), load_model(str(out / "ckpt")).parameters())]
     assert any(moved)
+
+    # the same round on two sharded processes: the old policy's log-probs come from sharded forwards
+    split = _grpo_round(theta0, files, tmp_path / "two", command=TORCHRUN, launcher="accelerate", num_processes=2)
+    assert_trained_alike(out / "ckpt", split / "ckpt", lr=1e-3)
+    two = json.loads((split / "metrics.json").read_text())
+    assert two["loss"] == pytest.approx(metrics["loss"], rel=1e-5, abs=1e-7)
