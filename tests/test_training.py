@@ -185,6 +185,11 @@ def test_two_sharded_processes_train_sdpo_like_one(theta0, files, tmp_path):
     assert_sharded_trainer_state(split)
     assert_trained_alike(single, split)
     assert_trained_alike(single / EMA_TEACHER, split / EMA_TEACHER)
+    # a run keeps one launcher: neither resumes the other's optimizer state (nor starts a new one)
+    with pytest.raises(SystemExit, match="trained with train.launcher=accelerate; a run keeps one launcher"):
+        rounds(str(split), files, tmp_path / "switched", 1, method=SDPO)
+    with pytest.raises(AssertionError, match="trained with train.launcher=none; a run keeps one launcher"):
+        rounds(str(single), files, tmp_path / "switched", 1, method=SDPO, command=TORCHRUN, launcher="accelerate", num_processes=2)
     # the teacher moved off θ0, by 0.05 of the student's way
     teacher, base = load_model(str(split / EMA_TEACHER)), load_model(theta0)
     assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), base.parameters()))

@@ -15,7 +15,7 @@ from statistics import mean
 
 import torch
 
-from rosd.checkpoints import EMA_TEACHER, TRAINER_STATE
+from rosd.checkpoints import EMA_TEACHER, SHARDED_TRAINER_STATE, TRAINER_STATE
 from rosd.io import read_jsonl, write_json
 from rosd.losses import (
     add_tail,
@@ -77,6 +77,8 @@ def micro_batch_terms(model, rows, targets, *, settings: dict):
 
 
 def optimizer_for(model, train: dict, state_dir: Path):
+    if (state_dir / SHARDED_TRAINER_STATE).exists():
+        raise SystemExit(f"{state_dir} was trained with train.launcher=accelerate; a run keeps one launcher")
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     state_file = state_dir / TRAINER_STATE
     if state_file.exists():
