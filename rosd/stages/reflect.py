@@ -52,14 +52,20 @@ def teacher_context(row: dict, context: str) -> tuple[str | None, str | None]:
     }[context]
 
 
-def quote_line_offset(row: dict) -> int | None:
-    """Lines from a wrong rollout's true first error to where its found quote starts (0: on it,
-    negative: before it); None off the world, for a correct rollout, or with no quote found."""
+def _true_first_error(row: dict) -> int | None:
+    """Where a wrong world rollout with a found quote first deviates from its task's steps; None for
+    a correct rollout, no quote found, a task off the world, or a response that never deviates."""
     if row["reward"] == 1.0 or row.get("quote_char") is None or not row["task"].get("steps"):
         return None
     from rosd.world.tasks import first_error_offset
 
-    start = first_error_offset(row["task"], row["response"])
+    return first_error_offset(row["task"], row["response"])
+
+
+def quote_line_offset(row: dict) -> int | None:
+    """Lines from a wrong rollout's true first error to where its found quote starts (0: on it,
+    negative: before it); None where ``_true_first_error`` is."""
+    start = _true_first_error(row)
     if start is None:
         return None
     response = row["response"]
@@ -68,11 +74,7 @@ def quote_line_offset(row: dict) -> int | None:
 
 def true_error_hit(row: dict) -> bool | None:
     """Whether the found quote starts on the line of the true first error (world tasks only)."""
-    if row["reward"] == 1.0 or row.get("quote_char") is None or not row["task"].get("steps"):
-        return None
-    from rosd.world.tasks import first_error_offset
-
-    start = first_error_offset(row["task"], row["response"])
+    start = _true_first_error(row)
     if start is None:
         return None
     end = row["response"].find("\n", start)
