@@ -92,9 +92,10 @@ def reflect_on_own_answers(engine, tasks: list[dict], *, samples: int = 8, tempe
     groups = _sample_texts(engine, [student_messages(t) for t in tasks], seed=seed, n=samples, **kw)
     wrong, correct_count = [], 0
     for task, answers in zip(tasks, groups):
-        correct = [a for a in answers if score(task["kind"], a, task["answer"]) == 1.0]
+        rewards = [score(task["kind"], a, task["answer"]) for a in answers]
+        correct = [a for a, reward in zip(answers, rewards) if reward == 1.0]
         correct_count += len(correct)
-        wrong += [(task, a, correct[0]) for a in answers if correct and score(task["kind"], a, task["answer"]) == 0.0]
+        wrong += [(task, a, correct[0]) for a, reward in zip(answers, rewards) if correct and reward == 0.0]
     texts = _sample_texts(
         engine, [reflection_messages(t, a, correct=False, sibling=sibling) for t, a, sibling in wrong], seed=seed + 1, **kw)
     reflections = [parse_reflection(text) for text in texts]
