@@ -182,20 +182,31 @@ def run_warm_start(
     the shipped θ0 was chosen (arithmetic is learned suddenly, so accuracy depends steeply on it).
     """
     settings = {k: v for k, v in locals().items() if k != "out_dir"}
-    # One thread: on a busy two-core machine, two OpenMP threads spin against other jobs and run
-    # several times slower than one; it also keeps the run bit-reproducible whatever the core count.
-    torch.set_num_threads(threads)
-    started = time.time()
     if mix not in MIXES:
         raise ValueError(f"unknown mix {mix!r}; mixes: {', '.join(MIXES)}")
-    rng = random.Random(seed)
+    # One thread: on a busy two-core machine, two OpenMP threads spin against other jobs and run
+    # several times slower than one; it also keeps the run bit-reproducible whatever the core count.
+    # The caller's thread count comes back afterwards (the tests call this in their own process).
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(out_dir, settings)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(out_dir: str, settings: dict) -> dict:
+    """run_warm_start's training loop and saves, on the thread count it set."""
+    steps, log_every, snapshot_every, device = (settings[k] for k in ("steps", "log_every", "snapshot_every", "device"))
+    started = time.time()
+    rng = random.Random(settings["seed"])
     tokenizer, model = _start(settings)
     model = model.to(device).train()
     log.info("warm start: %d parameters, vocab %d, %s", model.num_parameters(), len(tokenizer), settings)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    batches = _batches(tokenizer, rng, batch_size, mix)
+    optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=0.01, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / settings["warmup"]))
+    batches = _batches(tokenizer, rng, settings["batch_size"], settings["mix"])
     tokens, window_loss, window_start, recent_loss = 0, 0.0, time.time(), float("nan")
     for step in range(1, steps + 1):
         input_ids, mask, labels = (t.to(device) for t in next(batches))
