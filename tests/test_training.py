@@ -24,8 +24,8 @@ from rosd.io import read_jsonl, write_jsonl
 from rosd.modeling import load_model, load_tokenizer
 from rosd.stages.distill import run_distill, train_step
 from rosd.stages.teacher import run_teacher_score, teacher_targets
-from rosd.methods import unsupported
-from rosd.training import load_student
+from rosd.methods import PRESETS, unsupported
+from rosd.training import SingleProcess, load_student
 from tiny_model import hand_made_rollouts, small_model_dir
 
 TRAIN = {
@@ -147,13 +147,24 @@ def test_lora_rounds_resume_the_adapter_and_write_merged_weights(theta0, files, 
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+def test_ema_teacher_moves_rate_of_the_way_to_the_student():
+    """SDPO's teacher after a step: (1 − rate) · teacher + rate · student (ref teacher_update_rate)."""
+    teacher, student = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        student.weight.copy_(torch.tensor([[3.0, 2.0]]))
+    SingleProcess(student, device="cpu", dtype="float32", ema=teacher).update_ema(0.05)
+    assert torch.allclose(teacher.weight, torch.tensor([[1.1, -1.8]]))  # 0.95 · 1 + 0.05 · 3, 0.95 · −2 + 0.05 · 2
+    assert torch.equal(student.weight, torch.tensor([[3.0, 2.0]]))
+
+
 def test_unsupported_combinations_are_one_line():
     assert unsupported(METHOD, TRAIN) is None
     assert unsupported({**METHOD, "teacher": "ema"}, {**TRAIN, "launcher": "accelerate"}) is None
     assert "EMA" in unsupported({**METHOD, "teacher": "ema"}, {**TRAIN, "lora": LORA})
 
 
-SDPO = {**METHOD, "teacher_context": "solution", "mask": "full", "teacher": "ema", "ema_rate": 0.05}
+SDPO = {**METHOD, **PRESETS["sdpo"]}  # the preset, with this file's loss
 TORCHRUN = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc-per-node=2", "-m", "rosd.cli"]
 
 
@@ -190,7 +201,7 @@ def test_two_sharded_processes_train_sdpo_like_one(theta0, files, tmp_path):
         rounds(str(split), files, tmp_path / "switched", 1, method=SDPO)
     with pytest.raises(AssertionError, match="trained with train.launcher=none; a run keeps one launcher"):
         rounds(str(single), files, tmp_path / "switched", 1, method=SDPO, command=TORCHRUN, launcher="accelerate", num_processes=2)
-    # the teacher moved off θ0, by 0.05 of the student's way
+    # the teacher moved off θ0
     teacher, base = load_model(str(split / EMA_TEACHER)), load_model(theta0)
     assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), base.parameters()))
     one, two = (json.loads((tmp_path / d / "metrics2.json").read_text()) for d in ("single", "two"))
@@ -219,8 +230,6 @@ def _grpo_settings(grpo: dict) -> dict:
 
 
 def _grpo_round(theta0, files, out: Path, command=None, **train) -> Path:
-    from rosd.methods import PRESETS
-
     scores = out / "teacher.pt"
     out.mkdir(parents=True)
     torch.save({"targets": []}, scores)
