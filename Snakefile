@@ -31,7 +31,19 @@ except ConfigError as error:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/execution.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/round.smk"
+
+
+# A round's stages as five jobs each, or blocks of rounds as one job (execution.rounds_per_job).
+if config["execution"]["rounds_per_job"] == 1:
+
+    include: "workflow/rules/round.smk"
+
+else:
+
+    include: "workflow/rules/round_blocks.smk"
+
+
+include: "workflow/rules/keep_checkpoint.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

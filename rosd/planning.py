@@ -5,6 +5,7 @@ one optimizer step per batch of 32 prompts: ⌊train rows / 32⌋ steps per epoc
 140 steps, chemistry 590, material 260, physics 220. `rounds` in the config is one number, a
 number per target, or ``{epochs: E}`` per target, counted here from a local train file before any
 job runs (a hub dataset cannot be counted offline: give its number of rounds instead).
+Also which rounds one job runs together when `execution.rounds_per_job` > 1 (`round_blocks`).
 """
 
 from __future__ import annotations
@@ -46,3 +47,16 @@ def local_train_rows(path: str | Path, split: str = "train") -> int:
             raise FileNotFoundError(f"no {split}.jsonl, {split}.json or {split}.parquet in {path}")
         path = found
     return _rows_in(path)
+
+
+def round_blocks(rounds: int, evaluated: list[int], rounds_per_job: int) -> list[tuple[int, int]]:
+    """The (first, last) rounds of each job that runs rounds in a row (`execution.rounds_per_job`,
+    rosd/blocks.py): consecutive blocks covering rounds 1..``rounds``, none longer than
+    ``rounds_per_job``, one ending at every evaluated round (an evaluation job reads its checkpoint)."""
+    blocks, first = [], 1
+    ends = set(evaluated) | {rounds}
+    for last in range(1, rounds + 1):
+        if last in ends or last - first + 1 == rounds_per_job:
+            blocks.append((first, last))
+            first = last + 1
+    return blocks

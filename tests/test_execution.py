@@ -3,6 +3,7 @@ job, the GPU pool prefix, the training launcher, and settings the trainer cannot
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -72,6 +73,26 @@ def test_gpu_settings_set_each_rules_gpus_and_the_training_launcher(tmp_path):
     ) in planned["distill"][1]
 
 
+BLOCKS = "execution: {rounds_per_job: 2, evaluation_jobs: checkpoint}\n"
+
+
+def test_a_block_of_rounds_holds_the_most_gpus_its_stages_need_and_launches_the_trainer(tmp_path):
+    overlay = (
+        "model: {device: cuda, dtype: bfloat16}\n"
+        "generation: {backend: vllm, tensor_parallel_size: 2}\n"
+        "train: {launcher: accelerate, num_processes: 4}\n" + BLOCKS
+    )
+    done = dry_run(tmp_path, overlay)
+    assert done.returncode == 0, done.stderr[-3000:]
+    planned = jobs(done.stdout)
+    assert {rule: int(planned[rule][0]["gpu"]) for rule in ("round_block", "evaluate_checkpoint")} == {"round_block": 4, "evaluate_checkpoint": 2}
+    block = planned["round_block"][1]
+    assert block.startswith(f"{PREFIX}4 --}} rosd --log ") and " run-rounds " in block
+    accelerate = REPO / "config" / "accelerate_fsdp.yaml"
+    launcher = ["accelerate", "launch", "--config_file", str(accelerate), "--num_processes", "4", "--main_process_port", "0", "-m", "rosd.cli"]
+    assert '"trainer": ' + json.dumps(launcher) in block
+
+
 def test_settings_the_trainer_cannot_run_stop_before_any_job(tmp_path):
     done = dry_run(tmp_path, "methods: [base, sdpo]\ntrain: {lora: {r: 8, alpha: 16, target_modules: [q_proj]}}\n")
     assert done.returncode != 0
@@ -94,9 +115,13 @@ def test_accelerate_config_only_launches_processes():
 
 def test_slurm_profile_sizes_only_rules_the_workflow_has(tmp_path):
     profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
-    listed = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(TINY), "--list-rules"],
-        capture_output=True, text=True, check=True,
-    )
+    (tmp_path / "blocks.yaml").write_text(BLOCKS)
+    rules = set()
+    for overlays in ([], [str(tmp_path / "blocks.yaml")]):  # the per-stage rules, then the blocks' rules
+        listed = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(TINY), *overlays, "--list-rules"],
+            capture_output=True, text=True, check=True,
+        )
+        rules |= set(listed.stdout.split())
     assert profile["executor"] == "slurm"
-    assert set(profile["set-resources"]) == set(GPU_RULES) <= set(listed.stdout.split())
+    assert set(profile["set-resources"]) == {*GPU_RULES, "round_block", "evaluate_checkpoint"} <= rules

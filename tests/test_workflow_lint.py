@@ -1,4 +1,4 @@
-"""The workflow's own code: Snakemake's linter finds nothing on the default config, and the
+"""The workflow's own code: Snakemake's linter finds nothing on the default config, also with the paper presets' execution settings, and the
 Snakefiles are formatted by snakefmt ([tool.snakefmt] in pyproject.toml). .ci/run runs both too."""
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ REPO = Path(__file__).resolve().parent.parent
 SNAKEFILES = ["Snakefile", "workflow/rules"]
 
 
-def test_snakemake_lint_finds_nothing_on_the_default_config(tmp_path):
+# The default's per-stage rules; then blocks of rounds and an evaluation job per checkpoint (the paper presets').
+@pytest.mark.parametrize("overlay", ["{}", "execution: {rounds_per_job: 10, evaluation_jobs: checkpoint}"])
+def test_snakemake_lint_finds_nothing(tmp_path, overlay):
     # --lint parses the workflow and runs no job; the working directory only keeps .snakemake/ out of the repo
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    (tmp_path / "overlay.yaml").write_text(overlay + "\n")
+    configs = ["--configfile", str(REPO / "config" / "config.yaml"), str(tmp_path / "overlay.yaml")]
     done = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--lint"],
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--lint", *configs],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     output = done.stdout + done.stderr

@@ -1,8 +1,12 @@
-"""Evaluation (SPEC §4): k samples per test problem, every sample's correctness kept on disk."""
+"""Evaluation (SPEC §4): k samples per test problem, every sample's correctness kept on disk. One
+job evaluates a checkpoint on one benchmark (`run_evaluate`) or, with `execution.evaluation_jobs:
+checkpoint`, on every benchmark with the model loaded once (`run_evaluate_checkpoint`): the same
+samples either way, since each benchmark's generation is seeded on its own."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 from rosd.engines import load_engine
 from rosd.grading import extract_answer, grade_batch
@@ -13,13 +17,31 @@ from rosd.prompts import chat_prompt_ids, student_messages
 log = logging.getLogger(__name__)
 
 
-def run_evaluate(*, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
-    tasks = read_jsonl(data)
-    ev, gen = settings["evaluation"], settings["generation"]
-    engine = load_engine(
+def _engine(model: str, settings: dict):
+    gen = settings["generation"]
+    return load_engine(
         gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
         tensor_parallel_size=gen["tensor_parallel_size"],
     )
+
+
+def run_evaluate(*, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
+    _evaluate(_engine(model, settings), model, data, out_samples, out_summary, settings)
+
+
+def run_evaluate_checkpoint(*, model: str, data_dir: str, out_dir: str, settings: dict) -> None:
+    """Every benchmark of ``settings["benchmarks"]``: ``data_dir/<b>.jsonl`` into
+    ``out_dir/<b>.jsonl`` and ``<b>.json``, each with the settings its own job would get."""
+    engine = _engine(model, settings)
+    shared = {k: v for k, v in settings.items() if k != "benchmarks"}
+    for benchmark in settings["benchmarks"]:
+        out = os.path.join(out_dir, benchmark)
+        _evaluate(engine, model, os.path.join(data_dir, f"{benchmark}.jsonl"), f"{out}.jsonl", f"{out}.json", {**shared, "benchmark": benchmark})
+
+
+def _evaluate(engine, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
+    tasks = read_jsonl(data)
+    ev = settings["evaluation"]
     prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
     samples = engine.generate(
         prompts, n=ev["samples"], temperature=ev["temperature"], top_p=ev["top_p"],

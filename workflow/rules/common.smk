@@ -2,10 +2,12 @@
 # keys it reads, so changing (say) an evaluation setting reruns evaluation and nothing upstream.
 import functools
 import json
+import shlex
 import sys
+from types import SimpleNamespace
 
 from rosd.methods import evaluation_rounds, needs_reflection, resolve, trains
-from rosd.planning import local_train_rows, planned_steps, rounds_for
+from rosd.planning import local_train_rows, planned_steps, round_blocks, rounds_for
 
 EXP = f"results/{config['experiment']}"
 # Path templates: f-strings whose values carry the wildcards, so literal braces here are doubled.
@@ -110,6 +112,18 @@ def evaluated_rounds(method, target):
     return evaluation_rounds(rounds_of(target), steps_per_round, config["evaluation"]["every_steps"])
 
 
+# Rounds per training job: 1, each round's five stages are jobs (workflow/rules/round.smk); more,
+# one job runs a block of rounds (workflow/rules/round_blocks.smk, rosd/blocks.py).
+ROUNDS_PER_JOB = config["execution"]["rounds_per_job"]
+
+
+@functools.cache
+def block_firsts(method, target):
+    """{last round: first round} of each block of a run (rosd.planning.round_blocks)."""
+    blocks = round_blocks(rounds_of(target), evaluated_rounds(method, target), ROUNDS_PER_JOB)
+    return {last: first for first, last in blocks}
+
+
 def data_settings(name):
     """The data keys one prepare_data job reads: its own data.datasets entry when it has one, so
     adding or changing another dataset never reruns this one (nor the training that reads it)."""
@@ -143,17 +157,14 @@ def eval_summaries():
 
 
 def round_metrics():
-    return [
-        path
-        for target in config["targets"]
-        for path in expand(
-            f"{ROUND}/metrics.json",
-            method=TRAINED,
-            target=target,
-            seed=config["seeds"],
-            round=range(1, rounds_of(target) + 1),
-        )
-    ]
+    """Every round's metrics file, or, where blocks of rounds are jobs, each block's last round's
+    (the aggregate rule finds the others beside them)."""
+    out = []
+    for method in TRAINED:
+        for target in config["targets"]:
+            rounds = range(1, rounds_of(target) + 1) if ROUNDS_PER_JOB == 1 else block_firsts(method, target)
+            out += expand(f"{ROUND}/metrics.json", method=method, target=target, seed=config["seeds"], round=rounds)
+    return out
 
 
 def final_outputs():
@@ -192,26 +203,77 @@ REFLECT_KEYS = ("group_filter", "skip_no_success", "sibling", "teacher_prompt_ma
 
 
 def stage_settings(stage, wildcards):
-    """The JSON settings of one round stage of one run: only the keys the stage reads, so a change
+    """The settings of one round stage of one run: only the keys the stage reads, so a change
     reruns the stages it affects (and what follows them), never the others."""
     method = dict(method_settings(wildcards.method))
     train = method.pop("train")
     common = model_settings(seed=int(wildcards.seed), round=int(wildcards.round))
     if stage == "rollouts":
-        return as_json({**common, "generation": config["generation"], "train": pick(train, SAMPLING_KEYS)})
+        return {**common, "generation": config["generation"], "train": pick(train, SAMPLING_KEYS)}
     if stage == "reflect":
         reflect = {"train": pick(train, REFLECT_KEYS), "method": pick(method, ("objective", "teacher_context", "mask"))}
         if needs_reflection(method):
             reflect.update(reflection=config["reflection"], generation=config["generation"])
-        return as_json({**common, **reflect})
+        return {**common, **reflect}
     if stage == "grade":
-        return as_json({"grading": config["grading"]})
+        return {"grading": config["grading"]}
     if stage == "teacher":
         teacher = {
             "method": pick(method, ("objective", "teacher", "loss")),
             "train": pick(train, ("temperature", "micro_batch", "token_chunk")),
         }
-        return as_json({**common, **teacher})
+        return {**common, **teacher}
+    return {**common, "method": method, "train": train, "method_name": wildcards.method, "target": wildcards.target}
+
+
+# The blocks of rounds (workflow/rules/round_blocks.smk).
+ROUND_STAGES = ("rollouts", "grade", "reflect", "teacher", "distill")
+
+
+def block_first(wildcards):
+    first = block_firsts(wildcards.method, wildcards.target).get(int(wildcards.round))
+    if first is None:
+        raise ValueError(f"round {wildcards.round} of {wildcards.method}/{wildcards.target} ends no block of rounds")
+    return first
+
+
+def block_start(wildcards):
+    """Checkpoint first-1: the model the block starts from."""
+    return checkpoint_dir(wildcards.method, wildcards.target, wildcards.seed, block_first(wildcards) - 1)
+
+
+def block_teacher(wildcards):
+    """θ0 for a frozen teacher; otherwise each round's previous checkpoint (the block's start first)."""
+    if method_settings(wildcards.method)["teacher"] == "frozen":
+        return THETA0
+    return block_start(wildcards)
+
+
+def block_plan(wildcards):
+    first = block_first(wildcards)
+    first_round = SimpleNamespace(method=wildcards.method, target=wildcards.target, seed=wildcards.seed, round=first)
+    launcher = trainer()
     return as_json(
-        {**common, "method": method, "train": train, "method_name": wildcards.method, "target": wildcards.target}
+        {
+            "first": first,
+            "last": int(wildcards.round),
+            "stages": {stage: stage_settings(stage, first_round) for stage in ROUND_STAGES},
+            "trainer": None if launcher == "rosd" else shlex.split(launcher),
+            "frozen_teacher": method_settings(wildcards.method)["teacher"] == "frozen",
+            "keep_all": config["checkpoints"]["keep"] == "all",
+        }
+    )
+
+
+def evaluation_job_settings(wildcards, **benchmark):
+    """An evaluation job's settings: one benchmark's (benchmark=...) or every benchmark's (benchmarks=[...])."""
+    return model_settings(
+        seed=int(wildcards.seed),
+        round=int(wildcards.round),
+        method=wildcards.method,
+        target=wildcards.target,
+        **benchmark,
+        evaluation=evaluation_settings(),
+        generation=config["generation"],
+        grading=config["grading"],
     )

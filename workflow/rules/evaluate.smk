@@ -1,37 +1,57 @@
-# Evaluation of one checkpoint on one benchmark; θ0 is evaluated once per seed as method "base".
+# Evaluation of one checkpoint, on one benchmark per job or on all in one job
+# (`execution.evaluation_jobs`); θ0 is evaluated once per seed as method "base".
 
 
-rule evaluate:
-    input:
-        model=evaluated_model,
-        data=f"{EXP}/data/test/{{benchmark}}.jsonl",
-    output:
-        samples=f"{EVAL}.jsonl",
-        summary=f"{EVAL}.json",
-    log:
-        f"{EXP}/logs/evaluate/{{method}}_{{target}}_seed{{seed}}_round{{round}}_{{benchmark}}.log",
-    benchmark:
-        f"{EXP}/benchmarks/evaluate/{{method}}_{{target}}_seed{{seed}}_round{{round}}_{{benchmark}}.tsv"
-    conda:
-        conda_env("generation")
-    threads: MODEL_THREADS
-    resources:
-        gpu=gpus("generation"),
-    params:
-        settings=lambda w: as_json(
-            model_settings(
-                seed=int(w.seed),
-                round=int(w.round),
-                method=w.method,
-                target=w.target,
-                benchmark=w.benchmark,
-                evaluation=evaluation_settings(),
-                generation=config["generation"],
-                grading=config["grading"],
+if config["execution"]["evaluation_jobs"] == "benchmark":
+
+    rule evaluate:
+        input:
+            model=evaluated_model,
+            data=f"{EXP}/data/test/{{benchmark}}.jsonl",
+        output:
+            samples=f"{EVAL}.jsonl",
+            summary=f"{EVAL}.json",
+        log:
+            f"{EXP}/logs/evaluate/{{method}}_{{target}}_seed{{seed}}_round{{round}}_{{benchmark}}.log",
+        benchmark:
+            f"{EXP}/benchmarks/evaluate/{{method}}_{{target}}_seed{{seed}}_round{{round}}_{{benchmark}}.tsv"
+        conda:
+            conda_env("generation")
+        threads: MODEL_THREADS
+        resources:
+            gpu=gpus("generation"),
+        params:
+            settings=lambda w: as_json(evaluation_job_settings(w, benchmark=w.benchmark)),
+        shell:
+            gpu_command(
+                "rosd --log {log} evaluate --model {input.model} --data {input.data} --out-samples {output.samples}"
+                " --out-summary {output.summary} --settings {params.settings:q}"
             )
-        ),
-    shell:
-        gpu_command(
-            "rosd --log {log} evaluate --model {input.model} --data {input.data} --out-samples {output.samples}"
-            " --out-summary {output.summary} --settings {params.settings:q}"
-        )
+
+else:
+
+    rule evaluate_checkpoint:
+        input:
+            model=evaluated_model,
+            data=expand(f"{EXP}/data/test/{{benchmark}}.jsonl", benchmark=config["benchmarks"]),
+        output:
+            samples=expand(f"{EVAL}.jsonl", benchmark=config["benchmarks"], allow_missing=True),
+            summary=expand(f"{EVAL}.json", benchmark=config["benchmarks"], allow_missing=True),
+        log:
+            f"{EXP}/logs/evaluate/{{method}}_{{target}}_seed{{seed}}_round{{round}}.log",
+        benchmark:
+            f"{EXP}/benchmarks/evaluate/{{method}}_{{target}}_seed{{seed}}_round{{round}}.tsv"
+        conda:
+            conda_env("generation")
+        threads: MODEL_THREADS
+        resources:
+            gpu=gpus("generation"),
+        params:
+            data_dir=lambda w, input: os.path.dirname(input.data[0]),
+            out_dir=lambda w, output: os.path.dirname(output.summary[0]),
+            settings=lambda w: as_json(evaluation_job_settings(w, benchmarks=config["benchmarks"])),
+        shell:
+            gpu_command(
+                "rosd --log {log} evaluate-checkpoint --model {input.model} --data-dir {params.data_dir}"
+                " --out-dir {params.out_dir} --settings {params.settings:q}"
+            )

@@ -17,7 +17,7 @@ rule rollouts:
     resources:
         gpu=gpus("generation"),
     params:
-        settings=lambda w: stage_settings("rollouts", w),
+        settings=lambda w: as_json(stage_settings("rollouts", w)),
     shell:
         gpu_command(
             "rosd --log {log} rollouts --model {input.model} --data {input.data} --out {output} --settings {params.settings:q}"
@@ -34,7 +34,7 @@ rule grade:
     conda:
         "../envs/cpu.yaml"
     params:
-        settings=lambda w: stage_settings("grade", w),
+        settings=lambda w: as_json(stage_settings("grade", w)),
     shell:
         "rosd --log {log} grade --rollouts {input} --out {output} --settings {params.settings:q}"
 
@@ -55,7 +55,7 @@ rule reflect:
     resources:
         gpu=gpus("generation"),
     params:
-        settings=lambda w: stage_settings("reflect", w),
+        settings=lambda w: as_json(stage_settings("reflect", w)),
     shell:
         gpu_command(
             "rosd --log {log} reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q}"
@@ -79,7 +79,7 @@ rule teacher_score:
     resources:
         gpu=gpus("scoring"),
     params:
-        settings=lambda w: stage_settings("teacher", w),
+        settings=lambda w: as_json(stage_settings("teacher", w)),
     shell:
         gpu_command(
             "rosd --log {log} teacher-score --teacher {input.teacher} --student {input.student} --reflections {input.reflections}"
@@ -105,27 +105,10 @@ rule distill:
     resources:
         gpu=gpus("training"),
     params:
-        settings=lambda w: stage_settings("distill", w),
+        settings=lambda w: as_json(stage_settings("distill", w)),
     shell:
         gpu_command(
             trainer(),
             " --log {log} distill --model {input.model} --reflections {input.reflections} --teacher-scores {input.teacher_scores}"
             " --out-model {output.model} --out-metrics {output.metrics} --settings {params.settings:q}",
         )
-
-
-# What an evaluated round keeps of its temporary checkpoint, by hard links (rosd/checkpoints.py).
-rule keep_checkpoint:
-    input:
-        f"{ROUND}/checkpoint",
-    output:
-        directory(f"{ROUND}/model"),
-    log:
-        f"{ROUND}/logs/keep_checkpoint.log",
-    localrule: True
-    conda:
-        "../envs/cpu.yaml"
-    params:
-        settings=keep_settings,
-    shell:
-        "rosd --log {log} keep-checkpoint --checkpoint {input} --out {output} --settings {params.settings:q}"

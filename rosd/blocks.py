@@ -1,0 +1,179 @@
+"""Several rounds of one run in one job (`execution.rounds_per_job` > 1): the same work as fewer
+Snakemake jobs, so the paper's matrix plans in seconds (benchmarks/paper_dag.py).
+
+A block runs rounds ``first..last``. Each round runs the five commands the per-round rules run
+(workflow/rules/round.smk), with the same arguments and settings, so every round directory gets the
+same files with the same bytes: rollouts.jsonl, graded.jsonl, reflections.jsonl, teacher.pt,
+checkpoint/, metrics.json and logs/. Snakemake sees only the block's inputs and its last round's
+checkpoint and metrics; the rounds before are this module's business:
+
+- **Resuming.** After each stage the block writes a stamp, ``round<r>/.stamps/<stage>``: a digest
+  of the stage's command and of what it read (the stamps of the stages before it, or the block's
+  input files, by size and modification time). Run again (after a kill, `--rerun-incomplete`; or
+  because a setting changed), the block skips every stage whose stamp matches and whose outputs are
+  there. So a killed block resumes in the stage it was in, and a changed reflection setting reruns
+  from the block's first reflection on, as the per-round rules do.
+- **Disk.** A round's checkpoint is removed once the next round has trained from it, unless
+  `checkpoints.keep: all`; the block's input and output checkpoints are Snakemake's (temp()).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rosd import lifeline, worker
+from rosd.checkpoints import SNAKEMAKE_TIMESTAMP
+from rosd.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+STAMPS = ".stamps"
+REMOVED = "checkpoint_removed"  # in a round's STAMPS: its checkpoint was trained from, then removed
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage command of one round."""
+
+    stage: str
+    argv: list[str]  # the `rosd` arguments, as the per-round rule's command has them
+    launcher: list[str] | None  # None: a `rosd` command; else the trainer's (accelerate launch ...)
+    reads: list[str]  # the files this command reads
+    outputs: list[Path]
+
+
+def fingerprint(path: str | os.PathLike) -> list:
+    """Name, size and modification time of a file or of every file under a directory (links
+    followed: θ0 is links to the model it came from)."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    out = []
+    for p in files:
+        if p.name == SNAKEMAKE_TIMESTAMP:
+            continue
+        stat = p.stat()
+        out.append([str(p.relative_to(root)) if root.is_dir() else p.name, stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+def digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def round_steps(round_dir: Path, model: str, teacher: str, data: str, settings: dict, trainer: list[str] | None) -> list[Step]:
+    """The five stage commands of the round in ``round_dir``, from checkpoint ``model``."""
+
+    def command(stage: str, name: str, files: dict[str, str]) -> list[str]:
+        argv = ["--log", str(round_dir / "logs" / f"{name}.log"), stage]
+        for option, path in files.items():
+            argv += [f"--{option}", path]
+        return argv + ["--settings", json.dumps(settings[name], sort_keys=True)]
+
+    rollouts, graded = round_dir / "rollouts.jsonl", round_dir / "graded.jsonl"
+    reflections, scores = round_dir / "reflections.jsonl", round_dir / "teacher.pt"
+    checkpoint, metrics = round_dir / "checkpoint", round_dir / "metrics.json"
+    return [
+        Step("rollouts", command("rollouts", "rollouts", {"model": model, "data": data, "out": str(rollouts)}), None, [model, data], [rollouts]),
+        Step("grade", command("grade", "grade", {"rollouts": str(rollouts), "out": str(graded)}), None, [str(rollouts)], [graded]),
+        Step("reflect", command("reflect", "reflect", {"model": model, "graded": str(graded), "out": str(reflections)}), None, [model, str(graded)], [reflections]),
+        Step(
+            "teacher",
+            command("teacher-score", "teacher", {"teacher": teacher, "student": model, "reflections": str(reflections), "out": str(scores)}),
+            None, [teacher, model, str(reflections)], [scores],
+        ),
+        Step(
+            "distill",
+            command("distill", "distill", {"model": model, "reflections": str(reflections), "teacher-scores": str(scores), "out-model": str(checkpoint), "out-metrics": str(metrics)}),
+            trainer, [model, str(reflections), str(scores)], [checkpoint, metrics],
+        ),
+    ]  # fmt: skip
+
+
+def _execute(step: Step) -> None:
+    status = worker.delegate(step.argv) if step.launcher is None else None  # a fork of the stage worker
+    if status is None:
+        command = [sys.executable, "-m", "rosd.cli"] if step.launcher is None else step.launcher
+        block = os.getpid()
+        # The stage dies with this block, however the block dies (the kernel's SIGTERM).
+        status = subprocess.run([*command, *step.argv], preexec_fn=lambda: lifeline.die_with_parent(block)).returncode
+    if status != 0:
+        raise SystemExit(f"{step.stage} failed (exit status {status}); its log: {step.argv[1]}")
+
+
+class _LostCheckpoint(Exception):
+    """A stage must run again and the round checkpoint it reads was already removed."""
+
+
+def _removed(path: Path) -> bool:
+    return path.name == "checkpoint" and (path.parent / STAMPS / REMOVED).exists()
+
+
+def _round_settings(stages: dict, round_index: int) -> dict:
+    return {name: {**s, "round": round_index} if "round" in s else s for name, s in stages.items()}
+
+
+def _run_block(run_dir: Path, inputs: dict[str, str], plan: dict) -> None:
+    first, last = plan["first"], plan["last"]
+    # What a stage read, by path: the block's inputs by their files, a stage's outputs by its stamp.
+    known = {path: digest(fingerprint(path)) for path in inputs.values()}
+    model = inputs["model"]
+    for round_index in range(first, last + 1):
+        round_dir = run_dir / f"round{round_index}"
+        teacher = inputs["teacher"] if plan["frozen_teacher"] else model
+        settings = _round_settings(plan["stages"], round_index)
+        for step in round_steps(round_dir, model, teacher, inputs["data"], settings, plan["trainer"]):
+            stamp = digest(step.launcher, step.argv, [known[path] for path in step.reads])
+            stamp_file = round_dir / STAMPS / step.stage
+            there = all(p.exists() or _removed(p) for p in step.outputs)
+            if not (there and stamp_file.exists() and stamp_file.read_text() == stamp):
+                if missing := [p for p in step.reads if not os.path.exists(p) or _removed(Path(p))]:
+                    raise _LostCheckpoint(f"round {round_index}: {step.stage} must run again and {missing[0]} is gone")
+                (round_dir / STAMPS / REMOVED).unlink(missing_ok=True)
+                started = time.perf_counter()
+                _execute(step)
+                with atomic_path(stamp_file) as tmp:
+                    tmp.write_text(stamp)
+                log.info("round %d/%d: %s in %.1f s", round_index, last, step.stage, time.perf_counter() - started)
+            else:
+                log.info("round %d/%d: %s already done", round_index, last, step.stage)
+            known.update({str(p): stamp for p in step.outputs})
+        previous = run_dir / f"round{round_index - 1}" / "checkpoint"
+        if round_index > first and not plan["keep_all"] and previous.exists():
+            # Trained from, and no evaluation reads it (blocks end at evaluated rounds). The mark
+            # first: a kill halfway through the removal leaves a checkpoint known to be incomplete.
+            (previous.parent / STAMPS / REMOVED).touch()
+            shutil.rmtree(previous)
+        model = str(round_dir / "checkpoint")
+
+
+def run_rounds(*, model: str, teacher: str, data: str, out_model: str, out_metrics: str, settings: dict) -> None:
+    """Rounds ``settings["first"]..settings["last"]`` of one run, from checkpoint ``model``; the
+    last round writes ``out_model`` and ``out_metrics``. ``settings``: ``stages`` (each stage's
+    settings for the first round: the per-round rules' settings, whose ``round`` is set per round),
+    ``trainer`` (the launcher's argv, or null for `rosd`), ``frozen_teacher`` and ``keep_all``."""
+    run_dir = Path(out_model).parent.parent
+    expected = run_dir / f"round{settings['last']}"
+    if Path(out_model) != expected / "checkpoint" or Path(out_metrics) != expected / "metrics.json":
+        raise ValueError(f"--out-model and --out-metrics must be in {expected}, the block's last round")
+    inputs = {"model": model, "teacher": teacher, "data": data}
+    # The last checkpoint is this job's output, never one removed after training from it (a mark
+    # left there by blocks cut differently before, `rounds_per_job` changed).
+    (expected / STAMPS / REMOVED).unlink(missing_ok=True)
+    try:
+        _run_block(run_dir, inputs, settings)
+    except _LostCheckpoint as lost:
+        # A kill after a round removed its predecessor's checkpoint and before Snakemake recorded the
+        # block: the rounds are computed again from the block's input (the same seeds, the same bytes).
+        log.warning("%s: running the block again from round %d", lost, settings["first"])
+        for round_index in range(settings["first"], settings["last"] + 1):
+            shutil.rmtree(run_dir / f"round{round_index}" / STAMPS, ignore_errors=True)
+        _run_block(run_dir, inputs, settings)

@@ -1,0 +1,15 @@
+# What an evaluated round keeps of its temporary checkpoint, by hard links (rosd/checkpoints.py).
+rule keep_checkpoint:
+    input:
+        f"{ROUND}/checkpoint",
+    output:
+        directory(f"{ROUND}/model"),
+    log:
+        f"{ROUND}/logs/keep_checkpoint.log",
+    localrule: True
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        settings=keep_settings,
+    shell:
+        "rosd --log {log} keep-checkpoint --checkpoint {input} --out {output} --settings {params.settings:q}"
