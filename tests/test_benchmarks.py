@@ -45,14 +45,26 @@ def test_round_cost_times_every_stage_both_ways(tmp_path):
     assert report["ratio"] == pytest.approx(report["round_pipeline_s"] / report["round_fused_s"], rel=0.01)
 
 
-def test_paper_dag_plans_a_capped_matrix(tmp_path):
+def _paper_dag(tmp_path, *args: str) -> dict:
     out = tmp_path / "dag.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "paper_dag.py"), "--seeds", "1", "--rounds", "2", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "paper_dag.py"), "--seeds", "1", *args, "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    jobs = json.loads(out.read_text())["jobs"]
+    return json.loads(out.read_text())["jobs"]
+
+
+def test_paper_dag_plans_blocks_of_rounds_and_an_evaluation_job_per_checkpoint(tmp_path):
+    jobs = _paper_dag(tmp_path, "--rounds", "12")
+    # 6 trained methods x 5 targets, each 12 rounds evaluated at 10 and 12: blocks 1-10 and 11-12
+    assert jobs["round_block"] == 60 and jobs["keep_checkpoint"] == 60
+    assert jobs["evaluate_checkpoint"] == 1 + 60  # θ0 once, then each evaluated checkpoint on all 6 benchmarks
+    assert "distill" not in jobs and "evaluate" not in jobs
+
+
+def test_paper_dag_plans_the_per_stage_matrix(tmp_path):
+    jobs = _paper_dag(tmp_path, "--rounds", "2", "--per-stage")
     # 6 trained methods x 5 targets x 2 rounds; each run evaluates its last round on 6 benchmarks
     assert jobs["distill"] == 60 and jobs["rollouts"] == 60
     assert jobs["evaluate"] == 6 + 6 * 5 * 6
