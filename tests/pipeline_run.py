@@ -53,3 +53,20 @@ def shell_command(workdir: Path, target: str) -> list[str]:
         if "rosd --log" in line:
             return shlex.split(line[line.index("rosd --log") :])[3:]
     raise AssertionError(f"no rosd command printed for {target}:\n{printed[-2000:]}")
+
+
+def processes_in(workdir: Path) -> dict[int, list[bytes]]:
+    """Live processes whose cwd is the run's directory (its jobs, and the stage worker's forks
+    running them): pid -> command line."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if Path(cwd) == workdir and cmdline != [b""]:  # a zombie has no command line
+            found[int(proc.name)] = cmdline
+    return found

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_run import EXP, environment, planned_jobs, run, snakemake_command
+from pipeline_run import EXP, environment, planned_jobs, processes_in, run, snakemake_command
 
 
 def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
@@ -83,27 +83,10 @@ def test_invalid_config_stops_before_any_job_with_one_line(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def _processes_in(workdir: Path) -> dict[int, list[bytes]]:
-    """Live processes whose cwd is the run's directory (its jobs, and the stage worker's forks
-    running them): pid -> command line."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if Path(cwd) == workdir and cmdline != [b""]:  # a zombie has no command line
-            found[int(proc.name)] = cmdline
-    return found
-
-
 def _stage_processes(workdir: Path, stages) -> dict[str, int]:
     """Running `rosd <stage>` jobs of this run: stage -> a pid."""
     found = {}
-    for pid, cmdline in _processes_in(workdir).items():
+    for pid, cmdline in processes_in(workdir).items():
         if any(part.endswith(b"rosd") for part in cmdline):
             for stage in stages:
                 if stage.encode() in cmdline:
@@ -162,10 +145,10 @@ def test_killed_snakemake_and_every_killed_stage_resume_to_identical_tables(fini
     _, killed = _run_and_kill(tmp_path, ("distill",), kill_snakemake=True)
     assert killed == ["distill"], "no distillation job started"
     deadline = time.time() + 30
-    while _processes_in(tmp_path) and time.time() < deadline:
+    while processes_in(tmp_path) and time.time() < deadline:
         time.sleep(0.2)
     assert not _stage_processes(tmp_path, ("distill",)), "the distillation job outlived its Snakemake"
-    assert not _processes_in(tmp_path), "a job or a worker's fork outlived its Snakemake"
+    assert not processes_in(tmp_path), "a job or a worker's fork outlived its Snakemake"
     # A job that published its output just before Snakemake died is marked incomplete, and
     # --rerun-incomplete runs it again: only what Snakemake recorded as finished must stay.
     incomplete = _incomplete_outputs(tmp_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline_run import EXP, environment, planned_jobs, run, snakemake_command
+from pipeline_run import EXP, environment, planned_jobs, processes_in, run, snakemake_command
 from rosd.planning import round_blocks
 
 
@@ -30,15 +30,9 @@ ROUND_FILES = ("rollouts.jsonl", "graded.jsonl", "reflections.jsonl", "teacher.p
 
 def _block_client(workdir: Path, run_dir: str) -> int | None:
     """The pid of the `rosd run-rounds` job of the run in ``run_dir``, if it runs."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit() or Path(os.readlink(proc / "cwd")) != workdir:
-                continue
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"run-rounds" in cmdline and run_dir.encode() in cmdline and b"snakemake" not in cmdline:
-            return int(proc.name)
+    for pid, cmdline in processes_in(workdir).items():
+        if any(part.endswith(b"rosd") for part in cmdline) and b"run-rounds" in cmdline and any(run_dir.encode() in part for part in cmdline):
+            return pid
     return None
 
 

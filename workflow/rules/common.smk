@@ -162,7 +162,7 @@ def round_metrics():
     out = []
     for method in TRAINED:
         for target in config["targets"]:
-            rounds = range(1, rounds_of(target) + 1) if ROUNDS_PER_JOB == 1 else block_firsts(method, target)
+            rounds = range(1, rounds_of(target) + 1) if ROUNDS_PER_JOB == 1 else sorted(block_firsts(method, target))
             out += expand(f"{ROUND}/metrics.json", method=method, target=target, seed=config["seeds"], round=rounds)
     return out
 
