@@ -122,9 +122,9 @@ def _model_dir_problem(path: Path) -> str | None:
     except (OSError, ValueError) as error:
         return f"its config.json does not parse ({error})"
     try:
-        from transformers import AutoTokenizer
+        from rosd.modeling import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = load_tokenizer(str(path))
     except Exception as error:  # transformers raises many kinds for a missing or broken tokenizer
         return f"its tokenizer does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
     # transformers 5 builds an empty tokenizer when the files are missing: it must encode text.

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+
+# Saved by a plain ``tokenizers`` backend (the world's own, rosd/world/model.py): loaded as saved.
+# AutoTokenizer builds Qwen2's tokenizer for a qwen2 config instead, which splits text with Qwen2's
+# pattern ("\n\n" one token, not two), not the one the tokenizer and θ0 were trained with.
+PLAIN_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def load_tokenizer(model_dir: str):
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    """The tokenizer of a model directory or hub name, as it was saved; pad falls back to eos."""
+    config = Path(model_dir) / "tokenizer_config.json"
+    plain = config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in PLAIN_TOKENIZER_CLASSES
+    tokenizer = (PreTrainedTokenizerFast if plain else AutoTokenizer).from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -15,9 +15,10 @@ from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages
 from rosd.reflection import find_quote
 from rosd.engines.base import Sample
 from rosd.world.evaluation import evaluate_accuracy, evaluate_own_localization
+from rosd.reflection import parse_reflection
 from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
 from rosd.stages.data import init_model
-from rosd.world.warm_start import run_warm_start
+from rosd.world.warm_start import diagnosis, own_answer_pool, run_warm_start
 
 THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
 FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
@@ -112,6 +113,21 @@ def test_shipped_theta0_loads_and_round_trips_world_text():
         assert all(len(tok) == 1 for tok in tokens if any(c.isdigit() for c in tok))
 
 
+def test_theta0_is_tokenized_as_it_was_trained():
+    """rosd loads the world's tokenizer as saved; AutoTokenizer would build Qwen2's for its qwen2
+    config, whose pattern makes "\n\n" one token where θ0 learned two."""
+    from tokenizers import Tokenizer
+
+    from rosd.modeling import load_tokenizer
+
+    trained = Tokenizer.from_file(str(THETA0 / "tokenizer.json"))
+    task = generate("math", "test", 1, seed=0)[0]
+    text = "<|im_start|>user\n" + reflection_messages(task, task["solution"], correct=True, sibling=None)[1]["content"]
+    assert "\n\n" in text
+    ids = load_tokenizer(str(THETA0))(text, add_special_tokens=False)["input_ids"]
+    assert ids == trained.encode(text, add_special_tokens=False).ids
+
+
 class ScriptedEngine:
     """θ0's real tokenizer and a generate() that answers from a script: the student's answers per
     task, then one reflection per wrong answer reflected on (the counting is what is tested)."""
@@ -141,6 +157,33 @@ def test_own_localization_counts_wrong_answers_of_groups_with_a_correct_one():
                        "own_quote_found_rate": 1.0, "own_quote_on_first_error_rate": 0.5}
 
 
+def test_own_answer_pool_keeps_wrong_answers_beside_a_right_one_and_diagnosis_quotes_their_first_error():
+    first, second = generate("math", "train", 2, seed=5)
+    wrong = corrupt(first, random.Random(0))[0]
+    steps = first["steps"]
+    repeated = "\n".join([steps[0], steps[0], *steps[2:]])  # its first wrong line is also its first line
+    answers = [[first["solution"], wrong, repeated, first["solution"]], [corrupt(second, random.Random(1))[0]] * 4]
+    pool = own_answer_pool(ScriptedEngine(answers, []), n_tasks=2, seed=5)
+    assert pool == [(first, wrong, first["solution"])]  # the 2nd task had no right answer to set beside
+
+    messages, target = diagnosis(*pool[0])
+    assert wrong in messages[1]["content"] and first["solution"] in messages[1]["content"]
+    quote = parse_reflection(target).error_quote
+    assert find_quote(wrong, quote) == first_error_offset(first, wrong) and quote in explain_error(first, wrong)
+
+
+def test_own_answers_warm_start_continues_a_model_on_its_own_answers(tmp_path):
+    with pytest.raises(ValueError, match="'own_answers' diagnoses a model's own answers: give the model as init_from"):
+        run_warm_start(str(tmp_path / "x"), steps=1, mix="own_answers", **TINY)
+    out = tmp_path / "continued"
+    run_warm_start(str(out), steps=2, init_from=str(THETA0), mix="own_answers", own_tasks=24,
+                   **{**TINY, "batch_size": 2})
+    record = json.loads((out / "warm_start.json").read_text())
+    assert record["settings"]["mix"] == "own_answers" and record["metrics"]["steps"] == 2
+    before, after = load_file(THETA0 / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install 'rosd[train]'")
 def test_lora_warm_start_of_a_model_is_merged_into_theta0(tmp_path):
     """The reflection-format warm start of a given model (how SmolLM2's adapter was made), merged
@@ -162,7 +205,7 @@ def test_lora_warm_start_of_a_model_is_merged_into_theta0(tmp_path):
 def test_a_missing_adapter_or_mix_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="model.adapter='nowhere': no LoRA adapter"):
         init_model(settings={"init": "path", "path": str(THETA0), "adapter": "nowhere"}, out=str(tmp_path / "theta0"))
-    with pytest.raises(ValueError, match="unknown mix 'solving'; mixes: scratch, reflection_format"):
+    with pytest.raises(ValueError, match="unknown mix 'solving'; mixes: scratch, reflection_format, own_answers"):
         run_warm_start(str(tmp_path / "x"), steps=1, mix="solving", **TINY)
 
 

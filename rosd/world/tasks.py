@@ -266,7 +266,8 @@ def first_error_offset(task: dict, response: str) -> int | None:
     return None
 
 
-def _first_wrong_line(task: dict, response: str) -> str | None:
+def first_wrong_line(task: dict, response: str) -> str | None:
+    """The stripped text of the response's first deviating line (what a reflector should quote)."""
     offset = first_error_offset(task, response)
     return None if offset is None else response[offset:].split("\n", 1)[0].strip()
 
@@ -321,7 +322,7 @@ def corrupt(task: dict, rng: random.Random) -> tuple[str, str]:
     """A plausible wrong solution (an error at a random step, carried on) and its first wrong line."""
     while True:
         text = "\n".join(WRONG[task["domain"]](task, rng))
-        line = _first_wrong_line(task, text)
+        line = first_wrong_line(task, text)
         # Keep only wrong answers (a misread operand and an opposite slip can cancel out), with no
         # negative numbers (the world's solutions have none), whose first wrong line is not also an
         # earlier line: quoting it must point at the error.
@@ -344,7 +345,7 @@ def explain_error(task: dict, wrong_solution: str) -> str:
     if offset is None:
         return "The solution stops before the end. " + tail
     index = sum(1 for _ in _lines_with_offsets(wrong_solution[:offset]))
-    wrong = _first_wrong_line(task, wrong_solution)
+    wrong = first_wrong_line(task, wrong_solution)
     if index >= len(task["steps"]):
         return f'The line "{wrong}" should not be there. ' + tail
     return f'The line "{wrong}" is wrong; it should be "{task["steps"][index]}". ' + tail

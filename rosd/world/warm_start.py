@@ -7,6 +7,9 @@ solution it was shown), over every task family, mostly the train target ``math``
 
     python -m rosd.world.warm_start rosd/world/theta0 --evaluate   # how the shipped θ0 was made
 
+``--init-from rosd/world/theta0 --mix own_answers`` continues θ0 on diagnosing its own sampled
+wrong answers (theta0/README.md, "Teaching θ0 to localize", measures what that does).
+
 The same rule teaches a real chat model the reflector's format (``--init-from`` a model directory,
 ``--mix reflection_format``, ``--lora-r``): that is how config/smollm2_cpu.yaml's adapter was made
 (rosd/adapters/smollm2_reflection/README.md).
@@ -28,8 +31,8 @@ from rosd.io import atomic_dir
 from rosd.modeling import load_model, load_tokenizer
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
 from rosd.world.model import build_model, train_tokenizer
-from rosd.world.evaluation import evaluate, write_report
-from rosd.world.tasks import corrupt, explain_correct, explain_error, sample
+from rosd.world.evaluation import evaluate, own_wrong_answers, write_report
+from rosd.world.tasks import corrupt, explain_correct, explain_error, first_error_offset, first_wrong_line, generate, sample
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,25 @@ MIXES = {
     # A real chat model that can add but does not write the reflector's tags (config/smollm2_cpu.yaml):
     # the reflection format on the world's additions, and boxed answers.
     "reflection_format": ({"math": 1.0}, {"solve": 0.2, "reflect_wrong": 0.6, "reflect_correct": 0.2}, []),
+    # θ0 continued (``--init-from``) on diagnosing its own sampled wrong answers ("reflect_own"),
+    # which are not like the corrupted solutions: mostly an arithmetic slip, often garbled, and
+    # against a sibling that is only right in its final answer.
+    "own_answers": ({"math": 0.85, "math_long": 0.05, "mcq": 0.05, "tooluse": 0.05},
+                    {"reflect_own": 0.65, "reflect_wrong": 0.1, "reflect_correct": 0.1, "teach": 0.15},
+                    ["reflection", "reflection", "solution", "both"]),
 }
 MAX_LENGTH = 1024  # tokens; longer examples are dropped
 POOL_BATCHES = 16  # examples are sorted by length within a pool of this many batches (less padding)
+
+
+def diagnosis(task: dict, wrong: str, sibling: str) -> tuple[list[dict], str]:
+    """The reflector's prompt on a wrong answer against a correct sibling, and the perfect reply:
+    the true first wrong line quoted, and its fix explained."""
+    messages = reflection_messages(task, wrong, correct=False, sibling=sibling)
+    return messages, (
+        f"<error_quote>\n{first_wrong_line(task, wrong)}\n</error_quote>\n"
+        f"<explanation>\n{explain_error(task, wrong)}\n</explanation>"
+    )
 
 
 def example(task: dict, role: str, rng: random.Random, contexts: list[str]) -> tuple[list[dict], str]:
@@ -53,12 +72,7 @@ def example(task: dict, role: str, rng: random.Random, contexts: list[str]) -> t
     if role == "solve":
         return student_messages(task), task["solution"]
     if role == "reflect_wrong":
-        wrong, first_wrong_line = corrupt(task, rng)
-        messages = reflection_messages(task, wrong, correct=False, sibling=task["solution"])
-        return messages, (
-            f"<error_quote>\n{first_wrong_line}\n</error_quote>\n"
-            f"<explanation>\n{explain_error(task, wrong)}\n</explanation>"
-        )
+        return diagnosis(task, corrupt(task, rng)[0], task["solution"])
     if role == "reflect_correct":
         messages = reflection_messages(task, task["solution"], correct=True, sibling=None)
         return messages, f"<explanation>\n{explain_correct(task)}\n</explanation>"
@@ -78,11 +92,24 @@ def _draw(rng: random.Random, weights: dict) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
-def _examples(rng: random.Random, mix: str):
+def _examples(rng: random.Random, mix: str, own_answers: list[tuple] = ()):
+    """Endless examples of ``mix``; "reflect_own" ones diagnose one of ``own_answers``."""
     families, roles, contexts = MIXES[mix]
     while True:
         task = sample(_draw(rng, families), "train", rng)
-        yield example(task, _draw(rng, roles), rng, contexts)
+        role = _draw(rng, roles)
+        yield diagnosis(*rng.choice(own_answers)) if role == "reflect_own" else example(task, role, rng, contexts)
+
+
+def own_answer_pool(engine, n_tasks: int, seed: int) -> list[tuple]:
+    """(task, wrong answer, correct sibling) of a model's own answers to ``n_tasks`` math train
+    tasks, 4 each at the default config's rollout temperature, 1.0: those with a deviating line that
+    is not also an earlier line (quoting it must point at the error)."""
+    tasks = generate("math", "train", n_tasks, seed)
+    wrong, _ = own_wrong_answers(engine, tasks, samples=4, seed=seed, temperature=1.0, top_p=1.0, max_new_tokens=192)
+    return [(task, answer, sibling) for task, answer, sibling in wrong
+            if first_error_offset(task, answer) is not None
+            and answer.find(first_wrong_line(task, answer)) == first_error_offset(task, answer)]
 
 
 def tokenizer_corpus(seed: int, n: int = 3000):
@@ -100,9 +127,9 @@ def _encode(tokenizer, messages, target) -> tuple[list[int], int]:
     return prompt + reply, len(prompt)
 
 
-def _batches(tokenizer, rng: random.Random, batch_size: int, mix: str):
+def _batches(tokenizer, rng: random.Random, batch_size: int, mix: str, own_answers: list[tuple] = ()):
     """Padded (input_ids, attention_mask, labels) batches of similar lengths, in random order."""
-    examples = _examples(rng, mix)
+    examples = _examples(rng, mix, own_answers)
     while True:
         pool = []
         while len(pool) < POOL_BATCHES * batch_size:
@@ -170,11 +197,13 @@ def run_warm_start(
     init_from: str = "",
     lora_r: int = 0,
     lora_modules: str = "q_proj,v_proj",
+    own_tasks: int = 6000,
 ) -> dict:
     """Train θ0 from scratch on the supervised ``mix`` and save model + tokenizer to ``out_dir``;
     returns training metrics. With ``init_from``, train that model instead (its tokenizer and size;
     ``layers``, ``hidden`` and ``vocab_size`` unused), and with ``lora_r`` only a LoRA adapter over
-    ``lora_modules``, which is what ``out_dir`` then holds.
+    ``lora_modules``, which is what ``out_dir`` then holds. A mix with "reflect_own" examples
+    first samples ``init_from``'s own answers to ``own_tasks`` math train tasks (``own_answer_pool``).
 
     AdamW with linear warm-up then a constant ``lr``; loss only on target tokens. The schedule does
     not depend on ``steps``, so the snapshot that ``snapshot_every`` saves at step k (to
@@ -184,6 +213,8 @@ def run_warm_start(
     settings = {k: v for k, v in locals().items() if k != "out_dir"}
     if mix not in MIXES:
         raise ValueError(f"unknown mix {mix!r}; mixes: {', '.join(MIXES)}")
+    if "reflect_own" in MIXES[mix][1] and not init_from:
+        raise ValueError(f"mix {mix!r} diagnoses a model's own answers: give the model as init_from")
     # One thread: on a busy two-core machine, two OpenMP threads spin against other jobs and run
     # several times slower than one; it also keeps the run bit-reproducible whatever the core count.
     # The caller's thread count comes back afterwards (the tests call this in their own process).
@@ -201,12 +232,21 @@ def _train(out_dir: str, settings: dict) -> dict:
     started = time.time()
     rng = random.Random(settings["seed"])
     tokenizer, model = _start(settings)
+    own_answers = []
+    if "reflect_own" in MIXES[settings["mix"]][1]:
+        from rosd.engines.hf import HFEngine
+
+        own_answers = own_answer_pool(HFEngine(settings["init_from"]), settings["own_tasks"], settings["seed"])
+        if not own_answers:
+            raise ValueError(f"{settings['init_from']} answered no math task both right and wrong in 4 tries: "
+                             "mix 'own_answers' has nothing to diagnose")
+        log.info("warm start: %d own wrong answers of %s to diagnose", len(own_answers), settings["init_from"])
     model = model.to(device).train()
     log.info("warm start: %d parameters, vocab %d, %s", model.num_parameters(), len(tokenizer), settings)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=0.01, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / settings["warmup"]))
-    batches = _batches(tokenizer, rng, settings["batch_size"], settings["mix"])
+    batches = _batches(tokenizer, rng, settings["batch_size"], settings["mix"], own_answers)
     tokens, window_loss, window_start, recent_loss = 0, 0.0, time.time(), float("nan")
     for step in range(1, steps + 1):
         input_ids, mask, labels = (t.to(device) for t in next(batches))
