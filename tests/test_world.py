@@ -19,6 +19,7 @@ from rosd.reflection import parse_reflection
 from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
 from rosd.stages.data import init_model
 from rosd.world.warm_start import diagnosis, own_answer_pool, run_warm_start
+from rosd.world.warm_start import main as warm_start_main
 
 THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
 FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
@@ -172,9 +173,12 @@ def test_own_answer_pool_keeps_wrong_answers_beside_a_right_one_and_diagnosis_qu
     assert find_quote(wrong, quote) == first_error_offset(first, wrong) and quote in explain_error(first, wrong)
 
 
-def test_own_answers_warm_start_continues_a_model_on_its_own_answers(tmp_path):
+def test_own_answers_warm_start_continues_a_model_on_its_own_answers(tmp_path, capsys):
     with pytest.raises(ValueError, match="'own_answers' diagnoses a model's own answers: give the model as init_from"):
         run_warm_start(str(tmp_path / "x"), steps=1, mix="own_answers", **TINY)
+    with pytest.raises(SystemExit) as exited:  # the command line says it in one line
+        warm_start_main([str(tmp_path / "x"), "--mix", "own_answers", "--steps", "1"])
+    assert exited.value.code == 2 and "give the model as init_from" in capsys.readouterr().err
     out = tmp_path / "continued"
     run_warm_start(str(out), steps=2, init_from=str(THETA0), mix="own_answers", own_tasks=24,
                    **{**TINY, "batch_size": 2})

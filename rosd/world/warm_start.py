@@ -286,7 +286,10 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-n", type=int, default=200)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_warm_start(args.out_dir, **{name: getattr(args, name) for name in defaults})
+    try:
+        run_warm_start(args.out_dir, **{name: getattr(args, name) for name in defaults})
+    except ValueError as error:  # a bad mix or model: one line, not a traceback
+        parser.error(str(error))
     if args.evaluate:
         results = evaluate(args.out_dir, n=args.eval_n, device=args.device)
         log.info("evaluation: %s", results)
