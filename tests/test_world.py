@@ -12,14 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rosd.grading import score
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages
-from rosd.reflection import find_quote
+from rosd.reflection import find_quote, parse_reflection
 from rosd.engines.base import Sample
 from rosd.world.evaluation import evaluate_accuracy, evaluate_own_localization
-from rosd.reflection import parse_reflection
 from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
 from rosd.stages.data import init_model
-from rosd.world.warm_start import diagnosis, own_answer_pool, run_warm_start
-from rosd.world.warm_start import main as warm_start_main
+from rosd.world.warm_start import diagnosis, main as warm_start_main, own_answer_pool, run_warm_start
 
 THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
 FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}

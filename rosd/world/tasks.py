@@ -272,6 +272,13 @@ def first_wrong_line(task: dict, response: str) -> str | None:
     return None if offset is None else response[offset:].split("\n", 1)[0].strip()
 
 
+def quotable_first_wrong_line(task: dict, response: str) -> str | None:
+    """The first wrong line when quoting it points at the error (the line does not also occur
+    earlier in the response, where ``str.find`` would place the quote), else None."""
+    line = first_wrong_line(task, response)
+    return line if line is not None and response.find(line) == first_error_offset(task, response) else None
+
+
 def _wrong_math(task, rng):
     operands, ops = _parse_expression(task["prompt"])
     step = rng.randrange(len(ops) + 1)
@@ -322,12 +329,10 @@ def corrupt(task: dict, rng: random.Random) -> tuple[str, str]:
     """A plausible wrong solution (an error at a random step, carried on) and its first wrong line."""
     while True:
         text = "\n".join(WRONG[task["domain"]](task, rng))
-        line = first_wrong_line(task, text)
+        line = quotable_first_wrong_line(task, text)
         # Keep only wrong answers (a misread operand and an opposite slip can cancel out), with no
-        # negative numbers (the world's solutions have none), whose first wrong line is not also an
-        # earlier line: quoting it must point at the error.
-        if (score(task["kind"], text, task["answer"]) == 0.0 and not re.search(r"-\d", text)
-                and text.find(line) == first_error_offset(task, text)):
+        # negative numbers (the world's solutions have none), whose first wrong line can be quoted.
+        if score(task["kind"], text, task["answer"]) == 0.0 and not re.search(r"-\d", text) and line is not None:
             return text, line
 
 

@@ -32,7 +32,8 @@ from rosd.modeling import load_model, load_tokenizer
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
 from rosd.world.model import build_model, train_tokenizer
 from rosd.world.evaluation import evaluate, own_wrong_answers, write_report
-from rosd.world.tasks import corrupt, explain_correct, explain_error, first_error_offset, first_wrong_line, generate, sample
+from rosd.world.tasks import (corrupt, explain_correct, explain_error, first_wrong_line, generate,
+                              quotable_first_wrong_line, sample)
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,12 @@ def _examples(rng: random.Random, mix: str, own_answers: list[tuple] = ()):
 
 def own_answer_pool(engine, n_tasks: int, seed: int) -> list[tuple]:
     """(task, wrong answer, correct sibling) of a model's own answers to ``n_tasks`` math train
-    tasks, 4 each at the default config's rollout temperature, 1.0: those with a deviating line that
-    is not also an earlier line (quoting it must point at the error)."""
+    tasks, 4 each at the default config's rollout temperature, 1.0: those whose first wrong line
+    can be quoted (``quotable_first_wrong_line``)."""
     tasks = generate("math", "train", n_tasks, seed)
     wrong, _ = own_wrong_answers(engine, tasks, samples=4, seed=seed, temperature=1.0, top_p=1.0, max_new_tokens=192)
     return [(task, answer, sibling) for task, answer, sibling in wrong
-            if first_error_offset(task, answer) is not None
-            and answer.find(first_wrong_line(task, answer)) == first_error_offset(task, answer)]
+            if quotable_first_wrong_line(task, answer) is not None]
 
 
 def tokenizer_corpus(seed: int, n: int = 3000):
