@@ -1,6 +1,7 @@
 """The embedded world: task generator, true first errors, tokenizer/model and the warm start."""
 
 import importlib.util
+import itertools
 import json
 import random
 from pathlib import Path
@@ -17,7 +18,7 @@ from rosd.engines.base import Sample
 from rosd.world.evaluation import evaluate_accuracy, evaluate_own_localization
 from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
 from rosd.stages.data import init_model
-from rosd.world.warm_start import diagnosis, main as warm_start_main, own_answer_pool, run_warm_start
+from rosd.world.warm_start import LR_SCHEDULES, _examples, diagnosis, main as warm_start_main, own_answer_pool, run_warm_start
 
 THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
 FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
@@ -156,19 +157,34 @@ def test_own_localization_counts_wrong_answers_of_groups_with_a_correct_one():
                        "own_quote_found_rate": 1.0, "own_quote_on_first_error_rate": 0.5}
 
 
-def test_own_answer_pool_keeps_wrong_answers_beside_a_right_one_and_diagnosis_quotes_their_first_error():
+def test_own_answer_pool_replays_every_answer_and_diagnoses_wrong_ones_beside_a_right_one_at_their_first_error():
     first, second = generate("math", "train", 2, seed=5)
     wrong = corrupt(first, random.Random(0))[0]
     steps = first["steps"]
     repeated = "\n".join([steps[0], steps[0], *steps[2:]])  # its first wrong line is also its first line
     answers = [[first["solution"], wrong, repeated, first["solution"]], [corrupt(second, random.Random(1))[0]] * 4]
     pool = own_answer_pool(ScriptedEngine(answers, []), n_tasks=2, seed=5)
-    assert pool == [(first, wrong, first["solution"])]  # the 2nd task had no right answer to set beside
+    assert pool.wrong == [(first, wrong, first["solution"])]  # the 2nd task had no right answer to set beside
+    # "solve_own" replays every answer as sampled, right or wrong
+    assert pool.answers == [(first, a) for a in answers[0]] + [(second, a) for a in answers[1]]
 
-    messages, target = diagnosis(*pool[0])
+    messages, target = diagnosis(*pool.wrong[0])
     assert wrong in messages[1]["content"] and first["solution"] in messages[1]["content"]
     quote = parse_reflection(target).error_quote
     assert find_quote(wrong, quote) == first_error_offset(first, wrong) and quote in explain_error(first, wrong)
+
+    drawn = list(itertools.islice(_examples(random.Random(0), "own_answers", pool), 200))
+    replays = [target for messages, target in drawn if messages == student_messages(first) or messages == student_messages(second)]
+    diagnoses = [target for messages, target in drawn if wrong in messages[-1]["content"]]
+    assert replays and diagnoses and set(replays) <= {a for group in answers for a in group}
+    assert set(diagnoses) == {target}
+
+
+def test_linear_lr_schedule_decays_to_zero_at_the_last_step_and_unknown_schedules_are_refused(tmp_path):
+    assert [LR_SCHEDULES["linear"](step, 4) for step in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert LR_SCHEDULES["constant"](3, 4) == 1.0
+    with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'; schedules: constant, linear"):
+        run_warm_start(str(tmp_path / "x"), steps=1, lr_schedule="cosine", **TINY)
 
 
 def test_own_answers_warm_start_continues_a_model_on_its_own_answers(tmp_path, capsys):

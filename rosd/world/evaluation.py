@@ -77,11 +77,15 @@ def evaluate_reflection(model_dir: str, family: str = "math", n: int = 200, seed
     }
 
 
-def own_wrong_answers(engine, tasks: list[dict], *, samples: int, seed: int, **sampling) -> tuple[list[tuple], int]:
-    """``samples`` answers per task to the student prompt: the (task, wrong answer, the group's first
-    correct answer) of every wrong answer in a group that also has a correct one, as the pipeline
-    pairs a wrong rollout with its sibling, and how many answers were correct."""
-    groups = _sample_texts(engine, [student_messages(t) for t in tasks], seed=seed, n=samples, **sampling)
+def own_answers(engine, tasks: list[dict], *, samples: int, seed: int, **sampling) -> list[list[str]]:
+    """``samples`` answers per task to the student prompt, as the pipeline's rollouts."""
+    return _sample_texts(engine, [student_messages(t) for t in tasks], seed=seed, n=samples, **sampling)
+
+
+def own_wrong_answers(tasks: list[dict], groups: list[list[str]]) -> tuple[list[tuple], int]:
+    """The (task, wrong answer, the group's first correct answer) of every wrong answer in a group
+    that also has a correct one, as the pipeline pairs a wrong rollout with its sibling, and how many
+    answers were correct."""
     wrong, correct_count = [], 0
     for task, answers in zip(tasks, groups):
         rewards = [score(task["kind"], a, task["answer"]) for a in answers]
@@ -103,7 +107,7 @@ def reflect_on_own_answers(engine, tasks: list[dict], *, samples: int = 8, tempe
     ``own_quote_on_first_error_rate`` (the quote starts on the line of the true first error).
     """
     kw = dict(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
-    wrong, correct_count = own_wrong_answers(engine, tasks, samples=samples, seed=seed, **kw)
+    wrong, correct_count = own_wrong_answers(tasks, own_answers(engine, tasks, samples=samples, seed=seed, **kw))
     texts = _sample_texts(
         engine, [reflection_messages(t, a, correct=False, sibling=sibling) for t, a, sibling in wrong], seed=seed + 1, **kw)
     reflections = [parse_reflection(text) for text in texts]

@@ -24,6 +24,7 @@ import logging
 import random
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -31,7 +32,7 @@ from rosd.io import atomic_dir
 from rosd.modeling import load_model, load_tokenizer
 from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
 from rosd.world.model import build_model, train_tokenizer
-from rosd.world.evaluation import evaluate, own_wrong_answers, write_report
+from rosd.world.evaluation import evaluate, own_answers, own_wrong_answers, write_report
 from rosd.world.tasks import (corrupt, explain_correct, explain_error, first_wrong_line, generate,
                               quotable_first_wrong_line, sample)
 
@@ -48,11 +49,17 @@ MIXES = {
     "reflection_format": ({"math": 1.0}, {"solve": 0.2, "reflect_wrong": 0.6, "reflect_correct": 0.2}, []),
     # θ0 continued (``--init-from``) on diagnosing its own sampled wrong answers ("reflect_own"),
     # which are not like the corrupted solutions: mostly an arithmetic slip, often garbled, and
-    # against a sibling that is only right in its final answer.
+    # against a sibling that is only right in its final answer. "solve_own" replays its own answers,
+    # right and wrong, to the student prompt: without it the reflection targets (which spell the
+    # corrected line) teach arithmetic too and lift accuracy past the band RL needs (theta0/README.md).
     "own_answers": ({"math": 0.85, "math_long": 0.05, "mcq": 0.05, "tooluse": 0.05},
-                    {"reflect_own": 0.65, "reflect_wrong": 0.1, "reflect_correct": 0.1, "teach": 0.15},
+                    {"solve_own": 0.25, "reflect_own": 0.55, "reflect_wrong": 0.05, "reflect_correct": 0.05,
+                     "teach": 0.10},
                     ["reflection", "reflection", "solution", "both"]),
 }
+OWN_ROLES = {"solve_own", "reflect_own"}  # roles that read the init model's own answers (OwnAnswers)
+# The learning rate's factor after warm-up, at a step of a run of ``steps``.
+LR_SCHEDULES = {"constant": lambda step, steps: 1.0, "linear": lambda step, steps: max(0.0, 1 - step / steps)}
 MAX_LENGTH = 1024  # tokens; longer examples are dropped
 POOL_BATCHES = 16  # examples are sorted by length within a pool of this many batches (less padding)
 
@@ -93,23 +100,40 @@ def _draw(rng: random.Random, weights: dict) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
-def _examples(rng: random.Random, mix: str, own_answers: list[tuple] = ()):
-    """Endless examples of ``mix``; "reflect_own" ones diagnose one of ``own_answers``."""
+class OwnAnswers(NamedTuple):
+    """A model's own answers, for the roles in OWN_ROLES."""
+
+    answers: list[tuple]  # (task, answer): every answer sampled, right or wrong ("solve_own")
+    wrong: list[tuple]  # (task, wrong answer, correct sibling) whose first wrong line can be quoted ("reflect_own")
+
+
+def _examples(rng: random.Random, mix: str, own: OwnAnswers | None = None):
+    """Endless examples of ``mix``; the roles in OWN_ROLES read ``own``."""
     families, roles, contexts = MIXES[mix]
     while True:
         task = sample(_draw(rng, families), "train", rng)
         role = _draw(rng, roles)
-        yield diagnosis(*rng.choice(own_answers)) if role == "reflect_own" else example(task, role, rng, contexts)
+        if role == "reflect_own":
+            yield diagnosis(*rng.choice(own.wrong))
+        elif role == "solve_own":
+            own_task, answer = rng.choice(own.answers)
+            yield student_messages(own_task), answer
+        else:
+            yield example(task, role, rng, contexts)
 
 
-def own_answer_pool(engine, n_tasks: int, seed: int) -> list[tuple]:
-    """(task, wrong answer, correct sibling) of a model's own answers to ``n_tasks`` math train
-    tasks, 4 each at the default config's rollout temperature, 1.0: those whose first wrong line
-    can be quoted (``quotable_first_wrong_line``)."""
+def own_answer_pool(engine, n_tasks: int, seed: int) -> OwnAnswers:
+    """A model's own answers to ``n_tasks`` math train tasks, 4 each at the default config's
+    rollout temperature, 1.0; the wrong ones kept are those beside a right one whose first wrong
+    line can be quoted (``quotable_first_wrong_line``)."""
     tasks = generate("math", "train", n_tasks, seed)
-    wrong, _ = own_wrong_answers(engine, tasks, samples=4, seed=seed, temperature=1.0, top_p=1.0, max_new_tokens=192)
-    return [(task, answer, sibling) for task, answer, sibling in wrong
-            if quotable_first_wrong_line(task, answer) is not None]
+    groups = own_answers(engine, tasks, samples=4, seed=seed, temperature=1.0, top_p=1.0, max_new_tokens=192)
+    wrong, _ = own_wrong_answers(tasks, groups)
+    return OwnAnswers(
+        answers=[(task, answer) for task, group in zip(tasks, groups) for answer in group],
+        wrong=[(task, answer, sibling) for task, answer, sibling in wrong
+               if quotable_first_wrong_line(task, answer) is not None],
+    )
 
 
 def tokenizer_corpus(seed: int, n: int = 3000):
@@ -127,9 +151,9 @@ def _encode(tokenizer, messages, target) -> tuple[list[int], int]:
     return prompt + reply, len(prompt)
 
 
-def _batches(tokenizer, rng: random.Random, batch_size: int, mix: str, own_answers: list[tuple] = ()):
+def _batches(tokenizer, rng: random.Random, batch_size: int, mix: str, own: OwnAnswers | None = None):
     """Padded (input_ids, attention_mask, labels) batches of similar lengths, in random order."""
-    examples = _examples(rng, mix, own_answers)
+    examples = _examples(rng, mix, own)
     while True:
         pool = []
         while len(pool) < POOL_BATCHES * batch_size:
@@ -190,6 +214,7 @@ def run_warm_start(
     vocab_size: int = 1024,
     log_every: int = 50,
     warmup: int = 100,
+    lr_schedule: str = "constant",
     threads: int = 1,
     device: str = "cpu",
     snapshot_every: int = 0,
@@ -205,15 +230,18 @@ def run_warm_start(
     ``lora_modules``, which is what ``out_dir`` then holds. A mix with "reflect_own" examples
     first samples ``init_from``'s own answers to ``own_tasks`` math train tasks (``own_answer_pool``).
 
-    AdamW with linear warm-up then a constant ``lr``; loss only on target tokens. The schedule does
-    not depend on ``steps``, so the snapshot that ``snapshot_every`` saves at step k (to
-    ``{out_dir}-step{k}``) is the model a run with ``steps=k`` makes: that is how the step count of
-    the shipped θ0 was chosen (arithmetic is learned suddenly, so accuracy depends steeply on it).
+    AdamW with linear warm-up then a constant ``lr`` (``lr_schedule="linear"``: then decaying
+    linearly to 0 at ``steps``); loss only on target tokens. The constant schedule does not depend
+    on ``steps``, so the snapshot that ``snapshot_every`` saves at step k (to ``{out_dir}-step{k}``)
+    is the model a run with ``steps=k`` makes: that is how the step count of the shipped θ0's first
+    stage was chosen (arithmetic is learned suddenly, so accuracy depends steeply on it).
     """
     settings = {k: v for k, v in locals().items() if k != "out_dir"}
     if mix not in MIXES:
         raise ValueError(f"unknown mix {mix!r}; mixes: {', '.join(MIXES)}")
-    if "reflect_own" in MIXES[mix][1] and not init_from:
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; schedules: {', '.join(LR_SCHEDULES)}")
+    if OWN_ROLES & set(MIXES[mix][1]) and not init_from:
         raise ValueError(f"mix {mix!r} diagnoses a model's own answers: give the model as init_from")
     # One thread: on a busy two-core machine, two OpenMP threads spin against other jobs and run
     # several times slower than one; it also keeps the run bit-reproducible whatever the core count.
@@ -232,21 +260,24 @@ def _train(out_dir: str, settings: dict) -> dict:
     started = time.time()
     rng = random.Random(settings["seed"])
     tokenizer, model = _start(settings)
-    own_answers = []
-    if "reflect_own" in MIXES[settings["mix"]][1]:
+    own = None
+    if OWN_ROLES & set(MIXES[settings["mix"]][1]):
         from rosd.engines.hf import HFEngine
 
-        own_answers = own_answer_pool(HFEngine(settings["init_from"]), settings["own_tasks"], settings["seed"])
-        if not own_answers:
+        own = own_answer_pool(HFEngine(settings["init_from"]), settings["own_tasks"], settings["seed"])
+        if not own.wrong:
             raise ValueError(f"{settings['init_from']} answered no math task both right and wrong in 4 tries: "
-                             "mix 'own_answers' has nothing to diagnose")
-        log.info("warm start: %d own wrong answers of %s to diagnose", len(own_answers), settings["init_from"])
+                             f"mix {settings['mix']!r} has nothing to diagnose")
+        log.info("warm start: %d own answers of %s, %d wrong ones to diagnose", len(own.answers),
+                 settings["init_from"], len(own.wrong))
     model = model.to(device).train()
     log.info("warm start: %d parameters, vocab %d, %s", model.num_parameters(), len(tokenizer), settings)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=0.01, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / settings["warmup"]))
-    batches = _batches(tokenizer, rng, settings["batch_size"], settings["mix"], own_answers)
+    decay = LR_SCHEDULES[settings["lr_schedule"]]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / settings["warmup"]) * decay(step, steps))
+    batches = _batches(tokenizer, rng, settings["batch_size"], settings["mix"], own)
     tokens, window_loss, window_start, recent_loss = 0, 0.0, time.time(), float("nan")
     for step in range(1, steps + 1):
         input_ids, mask, labels = (t.to(device) for t in next(batches))
