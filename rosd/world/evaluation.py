@@ -143,8 +143,8 @@ def evaluate(model_dir: str, n: int = 200, seed: int = 1, temperature: float = 0
 
 README = """# θ0: the embedded world's warm-started model
 
-Trained from scratch on CPU (one thread, on a shared two-core machine) by the warm-start rule,
-`rosd.world.warm_start.run_warm_start`, whose defaults are these settings:
+Trained on CPU (one thread, on a shared two-core machine) by the warm-start rule,
+`rosd.world.warm_start.run_warm_start`, with these settings:
 
     {command}
 

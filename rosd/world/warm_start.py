@@ -5,10 +5,11 @@ solving (the student's prompt → the solution), reflecting (the reflector's pro
 format, quoting the true first wrong line) and teacher-style copying (the teacher's prompt → the
 solution it was shown), over every task family, mostly the train target ``math``.
 
-    python -m rosd.world.warm_start rosd/world/theta0 --evaluate   # how the shipped θ0 was made
+    python -m rosd.world.warm_start OUT --evaluate   # θ0's first stage: every role, from nothing
 
-``--init-from rosd/world/theta0 --mix own_answers`` continues θ0 on diagnosing its own sampled
-wrong answers (theta0/README.md, "Teaching θ0 to localize", measures what that does).
+``--init-from MODEL --mix own_answers`` continues a model on diagnosing its own sampled wrong
+answers, with those answers replayed to the student prompt: the shipped θ0 is the scratch model
+continued twice so (theta0/README.md gives the three commands and what each stage measures).
 
 The same rule teaches a real chat model the reflector's format (``--init-from`` a model directory,
 ``--mix reflection_format``, ``--lora-r``): that is how config/smollm2_cpu.yaml's adapter was made
