@@ -236,7 +236,8 @@ def quote_offsets(offsets: pd.DataFrame, path: Path) -> Path:
     ax.set_title(title)
     ax.set_xlabel("lines (0: on the first error, < 0: before it)")
     ax.set_ylabel("share of found quotes")
-    ax.legend(fontsize="small")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # headroom: the legend must not cover the tallest bar
+    ax.legend(fontsize="small", loc="upper left")
     return _save(figure, path)
 
 
