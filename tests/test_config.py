@@ -142,3 +142,21 @@ def test_a_mapping_given_with_config_on_the_command_line_says_to_use_a_file():
         "config error: loss = '{\"alpha\": 0.3}': must be of type object (a mapping cannot be given with "
         "--config KEY=VALUE: put it in a YAML file and add it with --configfile)"
     )
+
+
+def test_warm_start_settings_are_the_rules_arguments_and_a_bad_one_is_one_line():
+    import inspect
+
+    from rosd.world.warm_start import LR_SCHEDULES, MIXES, run_warm_start
+
+    schema = yaml.safe_load((Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    keys = schema["properties"]["model"]["properties"]["warm_start"]["properties"]
+    assert list(keys) == [name for name in inspect.signature(run_warm_start).parameters if name != "out_dir"]
+    assert keys["mix"]["enum"] == list(MIXES) and keys["lr_schedule"]["enum"] == list(LR_SCHEDULES)
+    with pytest.raises(ConfigError) as error:
+        check({**DEFAULT, "model": {"init": "warm_start", "warm_start": {"lr_schedule": "cosine", "stepz": 3}}})
+    assert str(error.value).splitlines() == [
+        "config error: unknown key model.warm_start.stepz: allowed are batch_size, device, hidden, init_from, layers, "
+        "log_every, lora_modules, lora_r, lr, lr_schedule, mix, own_tasks, seed, snapshot_every, steps, threads, vocab_size, warmup",
+        "config error: model.warm_start.lr_schedule = 'cosine': must be one of 'constant', 'linear'",
+    ]

@@ -9,7 +9,7 @@ solution it was shown), over every task family, mostly the train target ``math``
 
 ``--init-from MODEL --mix own_answers`` continues a model on diagnosing its own sampled wrong
 answers, with those answers replayed to the student prompt: the shipped θ0 is the scratch model
-continued twice so (theta0/README.md gives the three commands and what each stage measures).
+continued three times so (theta0/README.md gives the four commands and what each stage measures).
 
 The same rule teaches a real chat model the reflector's format (``--init-from`` a model directory,
 ``--mix reflection_format``, ``--lora-r``): that is how config/smollm2_cpu.yaml's adapter was made
@@ -59,10 +59,16 @@ MIXES = {
                     ["reflection", "reflection", "solution", "both"]),
 }
 OWN_ROLES = {"solve_own", "reflect_own"}  # roles that read the init model's own answers (OwnAnswers)
+
 # The learning rate's factor after warm-up, at a step of a run of ``steps``.
 LR_SCHEDULES = {"constant": lambda step, steps: 1.0, "linear": lambda step, steps: max(0.0, 1 - step / steps)}
 MAX_LENGTH = 1024  # tokens; longer examples are dropped
 POOL_BATCHES = 16  # examples are sorted by length within a pool of this many batches (less padding)
+
+
+def reads_own_answers(mix: str) -> bool:
+    """Whether ``mix`` has a role in OWN_ROLES (it needs ``init_from`` and samples its answers first)."""
+    return bool(OWN_ROLES & set(MIXES[mix][1]))
 
 
 def diagnosis(task: dict, wrong: str, sibling: str) -> tuple[list[dict], str]:
@@ -112,7 +118,7 @@ def _examples(rng: random.Random, mix: str, own: OwnAnswers | None = None):
     """Endless examples of ``mix``; the roles in OWN_ROLES read ``own``."""
     families, roles, contexts = MIXES[mix]
     while True:
-        task = sample(_draw(rng, families), "train", rng)
+        task = sample(_draw(rng, families), "train", rng)  # drawn for every role: one stream for every mix
         role = _draw(rng, roles)
         if role == "reflect_own":
             yield diagnosis(*rng.choice(own.wrong))
@@ -228,7 +234,7 @@ def run_warm_start(
     """Train θ0 from scratch on the supervised ``mix`` and save model + tokenizer to ``out_dir``;
     returns training metrics. With ``init_from``, train that model instead (its tokenizer and size;
     ``layers``, ``hidden`` and ``vocab_size`` unused), and with ``lora_r`` only a LoRA adapter over
-    ``lora_modules``, which is what ``out_dir`` then holds. A mix with "reflect_own" examples
+    ``lora_modules``, which is what ``out_dir`` then holds. A mix with a role in OWN_ROLES
     first samples ``init_from``'s own answers to ``own_tasks`` math train tasks (``own_answer_pool``).
 
     AdamW with linear warm-up then a constant ``lr`` (``lr_schedule="linear"``: then decaying
@@ -242,7 +248,7 @@ def run_warm_start(
         raise ValueError(f"unknown mix {mix!r}; mixes: {', '.join(MIXES)}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; schedules: {', '.join(LR_SCHEDULES)}")
-    if OWN_ROLES & set(MIXES[mix][1]) and not init_from:
+    if reads_own_answers(mix) and not init_from:
         raise ValueError(f"mix {mix!r} diagnoses a model's own answers: give the model as init_from")
     # One thread: on a busy two-core machine, two OpenMP threads spin against other jobs and run
     # several times slower than one; it also keeps the run bit-reproducible whatever the core count.
@@ -262,7 +268,7 @@ def _train(out_dir: str, settings: dict) -> dict:
     rng = random.Random(settings["seed"])
     tokenizer, model = _start(settings)
     own = None
-    if OWN_ROLES & set(MIXES[settings["mix"]][1]):
+    if reads_own_answers(settings["mix"]):
         from rosd.engines.hf import HFEngine
 
         own = own_answer_pool(HFEngine(settings["init_from"]), settings["own_tasks"], settings["seed"])
