@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from rosd.config import ConfigError, check, check_methods, check_names
+from rosd.jobs.config import ConfigError, check, check_methods, check_names
 
 min_version("8.0")
 # Snakemake builds the DAG recursively; long chains of rounds need a deeper stack (SPEC §6).

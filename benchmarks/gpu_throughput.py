@@ -28,8 +28,8 @@ from tokenizers.models import WordLevel
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Config
 
 from rosd.engines.hf import HFEngine
-from rosd.stages.distill import train_step
 from rosd.stages.teacher import teacher_targets
+from rosd.training.steps import train_step
 
 QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                  intermediate_size=3072, vocab_size=151936, head_dim=128, tie_word_embeddings=True)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from rosd.losses import add_tail, chunked_over_tokens, generalized_jsd
+from rosd.method.losses import add_tail, chunked_over_tokens, generalized_jsd
 
 
 def peak_bytes(device: str) -> int:

@@ -10,7 +10,7 @@ same inputs:
 - **pipeline**: each command as its own process (`execution.stage_worker: false`): process start,
   imports, the lazy imports inside the first `from_pretrained`, model loads, the work, the exit.
 - **worker**: each command as the rules run it by default, `rosd <stage>` handed to a warm stage
-  worker (rosd/worker.py) that forks a child for it: the command's own start, the fork, model loads,
+  worker (rosd/jobs/worker.py) that forks a child for it: the command's own start, the fork, model loads,
   the work.
 - **fused**: the same commands called in one Python process (`rosd.cli.main`) that already ran them
   once, so imports are paid and only the work (and each stage's model load from disk) is timed.
@@ -85,7 +85,7 @@ def random_qwen3(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from rosd.modeling import load_tokenizer
+    from rosd.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(REPO / "rosd" / "world" / "theta0"))
     torch.manual_seed(0)
@@ -123,8 +123,8 @@ def phases(argv: list[str]) -> dict[str, float]:
 
 def timed_through_worker(commands: dict[str, list[str]], repeats: int, log: Path) -> dict[str, list[float]]:
     """Each stage command as the rules run it by default: `rosd <stage>` handed to a warm stage
-    worker (rosd/worker.py), started as Snakemake's onstart starts it and timed once it is ready."""
-    from rosd import worker
+    worker (rosd/jobs/worker.py), started as Snakemake's onstart starts it and timed once it is ready."""
+    from rosd.jobs import worker
 
     process = worker.start(str(log))
     try:
@@ -199,7 +199,7 @@ def main() -> None:
                 warm[stage].append(time.perf_counter() - started)
                 print(f"fused {stage}: {warm[stage][-1]:.2f} s", flush=True)
 
-        from rosd.modeling import load_model
+        from rosd.models.loading import load_model
 
         model_dir = Path(commands["rollouts"][commands["rollouts"].index("--model") + 1])
         gb = dir_gb(model_dir)

@@ -5,7 +5,7 @@ Exit status: 0 done; 2 bad input (a missing input file, malformed ``--settings``
 input line, a config or data error, a bad argument), reported as ONE line on stderr, no
 traceback (``ROSD_DEBUG=1`` adds it); 1 a bug (the traceback) or a stage's own one-line
 ``SystemExit`` message; 3 stopped because the Snakemake that started the job is gone
-(rosd/lifeline.py).
+(rosd/io/lifeline.py).
 
 ``rosd --log FILE <stage> ...`` sends this process's stderr (file descriptor 2, so Python logging,
 warnings and whatever libraries and child processes write there) to FILE, appended, and on a
@@ -37,12 +37,12 @@ STAGES = {
     "reflect": ("rosd.stages.reflect", "run_reflect", ["model", "graded", "out"]),
     "teacher-score": ("rosd.stages.teacher", "run_teacher_score", ["teacher", "student", "reflections", "out"]),
     "distill": ("rosd.stages.distill", "run_distill", ["model", "reflections", "teacher_scores", "out_model", "out_metrics"]),
-    "keep-checkpoint": ("rosd.checkpoints", "keep_checkpoint", ["checkpoint", "out"]),
-    "run-rounds": ("rosd.blocks", "run_rounds", ["model", "teacher", "data", "out_model", "out_metrics"]),
+    "keep-checkpoint": ("rosd.training.checkpoints", "keep_checkpoint", ["checkpoint", "out"]),
+    "run-rounds": ("rosd.jobs.blocks", "run_rounds", ["model", "teacher", "data", "out_model", "out_metrics"]),
     "evaluate": ("rosd.stages.evaluate", "run_evaluate", ["model", "data", "out_samples", "out_summary"]),
     "evaluate-checkpoint": ("rosd.stages.evaluate", "run_evaluate_checkpoint", ["model", "data_dir", "out_dir"]),
-    "aggregate": ("rosd.aggregate", "write_tables", ["exp_dir", "out_dir"]),
-    "plots": ("rosd.plots", "write_plots", ["rounds", "evals", "comparison", "intervals", "paired", "localization_table", "quote_offsets_table", "out_dir", "out_page"]),
+    "aggregate": ("rosd.reporting.aggregate", "write_tables", ["exp_dir", "out_dir"]),
+    "plots": ("rosd.reporting.plots", "write_plots", ["rounds", "evals", "comparison", "intervals", "paired", "localization_table", "quote_offsets_table", "out_dir", "out_page"]),
 }
 NO_SETTINGS = {"aggregate", "plots"}
 # The file arguments each stage reads (checked before the stage, and its imports, start).
@@ -61,7 +61,7 @@ INPUTS = {
     "track": ["exp_dir"],
 }
 BAD_INPUT, BUG = 2, 1
-# The commands the `rosd` command hands to a stage worker when Snakemake started one (rosd/worker.py).
+# The commands the `rosd` command hands to a stage worker when Snakemake started one (rosd/jobs/worker.py).
 DELEGATED = {*STAGES, "track"}
 
 
@@ -125,15 +125,15 @@ def _check_inputs(args) -> None:
 def _track(args) -> None:
     config = _json_object(args.config, "--config")
     _check_inputs(args)
-    from rosd.io import write_json
-    from rosd.tracking import ingest
+    from rosd.io.files import write_json
+    from rosd.reporting.tracking import ingest
 
     written = ingest(args.exp_dir, os.path.basename(os.path.normpath(args.exp_dir)), config)
     write_json(args.out, {"parent_runs": written})
 
 
 def _compare(args) -> None:
-    from rosd.tracking import compare_table, format_markdown
+    from rosd.reporting.tracking import compare_table, format_markdown
 
     exp_dir = os.path.join(args.results, args.experiment)
     if not os.path.exists(os.path.join(exp_dir, "mlflow.db")):
@@ -154,7 +154,7 @@ def _interval_sections(exp_dir: str, methods: list[str] | None, targets: list[st
     they need every problem's score, which MLflow does not hold), for the same methods and targets."""
     import pandas as pd
 
-    from rosd.aggregate import BASE_TARGET, markdown_table, wide_intervals
+    from rosd.reporting.aggregate import BASE_TARGET, markdown_table, wide_intervals
 
     def chosen(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
         keep = pd.Series(True, index=table.index)
@@ -180,7 +180,7 @@ def _interval_sections(exp_dir: str, methods: list[str] | None, targets: list[st
 
 def write_compare_outputs(table, markdown: str, prefix: str) -> None:
     """OUT.csv with one "<benchmark (ID|OOD)> <mean|std|seeds>" column per statistic, OUT.md as printed."""
-    from rosd.io import atomic_path
+    from rosd.io.files import atomic_path
 
     flat = table.copy()
     flat.columns = [f"{label} {stat}" for label, stat in flat.columns]
@@ -263,11 +263,11 @@ def _user_error(error: BaseException) -> str | None:
 
 # (module, class) of the errors that mean bad input, not a bug. A plain ValueError or
 # json.JSONDecodeError is not among them: the code raises those for its own mistakes too (a check
-# worker's malformed answer, say); the readers of input files raise rosd.io.InputFormatError.
+# worker's malformed answer, say); the readers of input files raise rosd.io.files.InputFormatError.
 USER_ERRORS = [
-    ("rosd.io", "InputFormatError"),
-    ("rosd.config", "ConfigError"),
-    ("rosd.datasets", "DataError"),
+    ("rosd.io.files", "InputFormatError"),
+    ("rosd.jobs.config", "ConfigError"),
+    ("rosd.evaluation.datasets", "DataError"),
 ]
 
 
@@ -302,7 +302,7 @@ def _prog(argv: list[str]) -> str:
 
 def _run(args) -> None:
     if args.command == "with-gpu":
-        from rosd.gpu_pool import exec_with_gpus
+        from rosd.jobs.gpu_pool import exec_with_gpus
 
         return exec_with_gpus(args.count, args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
     if args.command == "track":
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run one command. Bad input: one line on stderr and SystemExit(2); a stage's own
     ``SystemExit(message)`` passes through (exit 1); a bug propagates (its traceback, exit 1)."""
     if argv is None and _prog(sys.argv[1:]).removeprefix("rosd ") in DELEGATED:
-        from rosd import worker
+        from rosd.jobs import worker
 
         if (status := worker.delegate(sys.argv[1:])) is not None:
             raise SystemExit(status)
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
             err.redirect(log, prog)
         args = _parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-        from rosd import lifeline
+        from rosd.io import lifeline
 
         lifeline.start(prog, report=err.report)
         _run(args)

@@ -1,4 +1,4 @@
-"""rosd.aggregate tables and rosd.tracking MLflow ingestion on a small experiment tree.
+"""rosd.reporting.aggregate tables and rosd.reporting.tracking MLflow ingestion on a small experiment tree.
 
 Fixture: methods rosd and sdpo trained on target "math", seeds 0 and 1, rounds 1 and 2, each
 checkpoint evaluated on "math" (in-domain) and "mcq" (out-of-domain); base (θ0) per seed.
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from rosd.aggregate import collect, write_tables
-from rosd.metrics import summarize
-from rosd.tracking import compare_table, format_markdown, ingest, tracking_uri
+from rosd.evaluation.metrics import summarize
+from rosd.reporting.aggregate import collect, write_tables
+from rosd.reporting.tracking import compare_table, format_markdown, ingest, tracking_uri
 
 FINAL = 2
 # correct samples out of 8 at the final round, per (method, seed, benchmark)
@@ -149,7 +149,7 @@ def test_write_tables_comparison_and_localization(exp, tmp_path):
     assert "| rosd   | math   | 2     | 2     | 0.625 ± 0.177 | 0.250 ± 0.000 |" in markdown
     assert "## Localization" in markdown and "mean@2" in markdown
 
-    # the same cells with their intervals (rosd/intervals.py), over the 4 problems and 2 seeds
+    # the same cells with their intervals (rosd/evaluation/intervals.py), over the 4 problems and 2 seeds
     intervals = pd.read_csv(out / "intervals.csv").set_index(["method", "benchmark"])
     assert intervals.loc[("rosd", "math"), ["mean", "seeds", "problems"]].tolist() == [0.625, 2, 4]
     assert intervals.loc[("base", "mcq"), "mean"] == 0.125

@@ -1,4 +1,4 @@
-"""What an evaluated round keeps of its temporary checkpoint (rosd/checkpoints.py)."""
+"""What an evaluated round keeps of its temporary checkpoint (rosd/training/checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rosd.checkpoints import keep_checkpoint
+from rosd.training.checkpoints import keep_checkpoint
 
 
 @pytest.fixture

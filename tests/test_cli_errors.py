@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rosd import cli, lifeline
+from rosd import cli
+from rosd.io import lifeline
 
 ROSD = [sys.executable, "-m", "rosd.cli"]
 SETTINGS = json.dumps({"seed": 0})
@@ -92,13 +93,14 @@ def test_bad_input_is_one_line_and_exit_2(case, files, capsys):
 
 @pytest.mark.parametrize("error_class", ["ConfigError", "DataError", "FileNotFoundError"])
 def test_data_and_config_errors_from_a_stage_are_one_line(error_class, files, capsys, monkeypatch):
-    from rosd import config, datasets
+    from rosd.evaluation import datasets
+    from rosd.jobs import config
     from rosd.stages import rollouts
 
     if error_class == "ConfigError":
         error = config.ConfigError("config error: a = 1: must be a string\nconfig error: b = 2: must be a string")
     elif error_class == "DataError":
-        if not hasattr(datasets, "DataError"):  # defined by rosd.datasets as a ValueError
+        if not hasattr(datasets, "DataError"):  # defined by rosd.evaluation.datasets as a ValueError
             monkeypatch.setattr(datasets, "DataError", type("DataError", (ValueError,), {}), raising=False)
         error = datasets.DataError("data.datasets.math.path: no rows")
     else:
@@ -230,12 +232,12 @@ print(job.pid, flush=True)
 time.sleep(120)
 """
 
-# A job that writes its output with rosd.io and runs a child; it reports its partial and waits.
+# A job that writes its output with rosd.io.files and runs a child; it reports its partial and waits.
 WRITER = """\
 import subprocess, sys, time
 from pathlib import Path
-from rosd import lifeline
-from rosd.io import atomic_path
+from rosd.io import lifeline
+from rosd.io.files import atomic_path
 poll = float(sys.argv[3])
 assert lifeline.start("rosd writer", poll=poll) is not None
 child = subprocess.Popen(["sleep", "120"])

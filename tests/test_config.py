@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rosd.config import ConfigError, check
+from rosd.jobs.config import ConfigError, check
 
 DEFAULT = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
 
@@ -77,7 +77,7 @@ def _filled(**changes) -> dict:
     ],
 )
 def test_method_overrides_are_checked_after_resolving(override, line):
-    from rosd.config import check_methods
+    from rosd.jobs.config import check_methods
 
     with pytest.raises(ConfigError) as error:
         check_methods(_filled(method_overrides=override))
@@ -85,8 +85,8 @@ def test_method_overrides_are_checked_after_resolving(override, line):
 
 
 def test_valid_overrides_and_every_preset_pass():
-    from rosd.config import check_methods
-    from rosd.methods import PRESETS
+    from rosd.jobs.config import check_methods
+    from rosd.method.presets import PRESETS
 
     check_methods(_filled(methods=list(PRESETS), method_overrides={"rosd": {"loss": {"alpha": 1.0}}}))
 
@@ -98,7 +98,7 @@ def test_an_empty_override_is_one_line():
 
 
 def test_unknown_targets_and_benchmarks_are_named_before_any_job():
-    from rosd.config import check_names
+    from rosd.jobs.config import check_names
 
     with pytest.raises(ConfigError) as error:
         check_names(_filled(targets=["maths"], benchmarks=["math", "aime24"]))
@@ -119,7 +119,7 @@ def test_unknown_targets_and_benchmarks_are_named_before_any_job():
     ],
 )
 def test_a_local_model_directory_must_hold_a_config_and_a_tokenizer(tmp_path, files, problem):
-    from rosd.config import check_names
+    from rosd.jobs.config import check_names
 
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -130,7 +130,7 @@ def test_a_local_model_directory_must_hold_a_config_and_a_tokenizer(tmp_path, fi
 
 
 def test_the_shipped_model_passes_the_model_check():
-    from rosd.config import check_names
+    from rosd.jobs.config import check_names
 
     check_names(_filled(model={"init": "path", "path": str(Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0")}))
 

@@ -1,5 +1,5 @@
-"""Real benchmarks through rosd.datasets (every row via Hugging Face datasets.load_dataset), graded
-by rosd.grading (SPEC §4), and the one-line DataError for each kind of bad data.
+"""Real benchmarks through rosd.evaluation.datasets (every row via Hugging Face datasets.load_dataset), graded
+by rosd.evaluation.grading (SPEC §4), and the one-line DataError for each kind of bad data.
 
 The real files live in ../shared/data (beside the checkout, never copied into it); tests that need
 them skip, with the reason, where they are absent. datasets' cache is a temporary directory here,
@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from rosd.datasets import SCIKNOWEVAL_DOMAINS, SCIKNOWEVAL_SYSTEM, DataError, load_benchmark, sciknoweval_split
-from rosd.grading import score
+from rosd.evaluation.datasets import (
+    SCIKNOWEVAL_DOMAINS,
+    SCIKNOWEVAL_SYSTEM,
+    DataError,
+    load_benchmark,
+    sciknoweval_split,
+)
+from rosd.evaluation.grading import score
 from rosd.stages.data import init_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +43,7 @@ def datasets_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def load_calls(monkeypatch):
-    """Every datasets.load_dataset call rosd.datasets makes, as (args, kwargs), calls passed through."""
+    """Every datasets.load_dataset call rosd.evaluation.datasets makes, as (args, kwargs), calls passed through."""
     import datasets
 
     calls, real = [], datasets.load_dataset
@@ -320,7 +326,7 @@ def test_prepare_data_rule_writes_a_sciknoweval_benchmark(tmp_path):
 def test_presets_are_valid_layered_on_the_default(preset):
     import yaml
 
-    from rosd.config import check
+    from rosd.jobs.config import check
 
     def layered(base: dict, over: dict) -> dict:  # what Snakemake does with several --configfile
         return {**base, **{k: layered(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v

@@ -21,15 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 import torch
+from tiny_model import small_model_dir
 from transformers import GenerationConfig
 
 from rosd.engines import load_engine
 from rosd.engines.hf import HFEngine, SampledLogprobs, processors_before_recorder
 from rosd.engines.vllm import MISSING, SEED_STRIDE, VLLMEngine
-from rosd.modeling import load_tokenizer
-from tiny_model import small_model_dir
+from rosd.models.loading import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -56,7 +56,7 @@ def test_env_file_mirrors_pyproject(env, extras):
 
 
 def test_datasets_is_a_dependency_of_every_env():
-    """rosd.datasets loads every real benchmark through Hugging Face datasets, in every environment."""
+    """rosd.evaluation.datasets loads every real benchmark through Hugging Face datasets, in every environment."""
     assert "datasets" in pip_requirements()
     for env in ("environment.yml", "workflow/envs/cpu.yaml", "workflow/envs/gpu.yaml"):
         assert "datasets" in conda_requirements(REPO / env), env

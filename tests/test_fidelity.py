@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rosd.losses import clipped_policy_gradient
-from rosd.methods import PRESETS, evaluation_rounds
-from rosd.stages.distill import loss_micro_batches, micro_batch_value, train_step, warmup_lr
-from rosd.stages.reflect import mark_groups, teacher_prompt
+from rosd.method.groups import mark_groups
+from rosd.method.losses import clipped_policy_gradient
+from rosd.method.objective import loss_micro_batches, micro_batch_value, warmup_lr
+from rosd.method.presets import PRESETS, evaluation_rounds
+from rosd.stages.reflect import teacher_prompt
+from rosd.training.steps import train_step
 
 THETA0 = Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0"
 
@@ -51,7 +53,7 @@ def test_warm_up_starts_at_zero():
 
 
 def test_a_step_without_loss_still_steps_adamw_on_a_zero_gradient():
-    from rosd.modeling import load_model
+    from rosd.models.loading import load_model
 
     model = load_model(str(THETA0)).train()
     before = [p.detach().clone() for p in model.parameters()]
@@ -84,7 +86,7 @@ def test_grpo_preset_is_the_reference_baseline():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from rosd.modeling import load_tokenizer
+    from rosd.models.loading import load_tokenizer
 
     return load_tokenizer(str(THETA0))
 

@@ -1,4 +1,4 @@
-"""The local GPU pool (rosd/gpu_pool.py): Snakemake counts GPU jobs, the pool gives each its devices.
+"""The local GPU pool (rosd/jobs/gpu_pool.py): Snakemake counts GPU jobs, the pool gives each its devices.
 
 No GPU is needed: the devices are names in ROSD_GPUS, and each job records the CUDA_VISIBLE_DEVICES
 it was given and when it ran.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rosd.gpu_pool import try_acquire
+from rosd.jobs.gpu_pool import try_acquire
 
 RECORD = """import json, os, sys, time
 start = time.time()
@@ -26,7 +26,7 @@ json.dump({"devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "e
 """
 
 # Four GPU jobs through the GPU rules' own command prefix.
-SNAKEFILE = """from rosd.gpu_pool import SNAKEMAKE_PREFIX
+SNAKEFILE = """from rosd.jobs.gpu_pool import SNAKEMAKE_PREFIX
 
 rule all:
     input: expand("job{{i}}.json", i=range(4))

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from rosd import grading
-from rosd.grading import (
+from rosd.evaluation import grading
+from rosd.evaluation.grading import (
     GRADING_MODES,
     Graded,
     extract_answer,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rosd.stages.distill import group_advantages, step_updates
-from rosd.stages.reflect import mark_groups, teacher_context
+from rosd.method.groups import group_advantages, mark_groups, teacher_context
+from rosd.method.objective import step_updates
 
 
 def rollouts(rewards_by_group):
@@ -96,7 +96,7 @@ def test_grpo_advantage_is_reward_minus_group_mean_without_std_scaling():
 
 
 def test_grpo_preset_keeps_zero_variance_groups_with_zero_advantage():
-    from rosd.methods import PRESETS
+    from rosd.method.presets import PRESETS
 
     train = PRESETS["grpo"]["train"]
     rows = rollouts([[1, 1], [1, 0]])

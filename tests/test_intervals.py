@@ -1,10 +1,10 @@
-"""rosd/intervals.py: bootstrap intervals over problems and seeds, pinned on cases whose bootstrap
+"""rosd/evaluation/intervals.py: bootstrap intervals over problems and seeds, pinned on cases whose bootstrap
 distribution can be written down by hand."""
 
 import numpy as np
 import pytest
 
-from rosd.intervals import mean_interval, paired_difference, problem_scores
+from rosd.evaluation.intervals import mean_interval, paired_difference, problem_scores
 
 
 def test_problem_scores_are_the_fraction_of_correct_samples_per_problem():

@@ -9,7 +9,16 @@ import sys
 
 import pytest
 
-from rosd.io import HOST, InputFormatError, atomic_dir, atomic_path, read_json, read_jsonl, remove_stale_partials, write_jsonl
+from rosd.io.files import (
+    HOST,
+    InputFormatError,
+    atomic_dir,
+    atomic_path,
+    read_json,
+    read_jsonl,
+    remove_stale_partials,
+    write_jsonl,
+)
 
 
 def _partials(directory):
@@ -82,7 +91,7 @@ def test_partials_of_live_attempts_are_kept(tmp_path):
 def test_a_killed_attempt_leaves_nothing_for_long(tmp_path):
     target = tmp_path / "out.txt"
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom rosd.io import atomic_path\n"
+        [sys.executable, "-c", "import sys, time\nfrom rosd.io.files import atomic_path\n"
          "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n    print('writing', flush=True)\n    time.sleep(60)\n",
          str(target)],
         stdout=subprocess.PIPE, text=True,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rosd.losses import (
+from rosd.method.losses import (
     add_tail,
     clipped_policy_gradient,
     generalized_jsd,

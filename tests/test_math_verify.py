@@ -7,8 +7,14 @@ import time
 
 import pytest
 
-from rosd.grading import GRADING_MODES, Graded, grade_batch, score, score_batch
-from rosd.mathverify import CheckPool, check_many, equivalent_many
+from rosd.evaluation.grading import (
+    GRADING_MODES,
+    Graded,
+    grade_batch,
+    score,
+    score_batch,
+)
+from rosd.evaluation.mathverify import CheckPool, check_many, equivalent_many
 
 pytest.importorskip("math_verify")
 
@@ -94,7 +100,7 @@ def test_workers_forked_from_a_process_with_math_verify_answer_like_started_ones
     does: its default pool forks its workers. A pool given a command starts them as processes."""
     pairs = [("0.5", "\\frac{1}{2}"), ("1", "9^{9^{9^{9}}}"), ("x+1", "1+x"), ("2", "3")]
     requests = [[gold, predicted, 1.0, True] for gold, predicted in pairs]
-    forked, started = CheckPool(workers=2), CheckPool(command=[sys.executable, "-I", "-m", "rosd.mathverify"], workers=2)
+    forked, started = CheckPool(workers=2), CheckPool(command=[sys.executable, "-I", "-m", "rosd.evaluation.mathverify"], workers=2)
     try:
         assert forked.run(requests, deadline=4.0) == started.run(requests, deadline=4.0) == [True, None, True, False]
         assert {type(w).__name__ for w in forked._idle} == {"_ForkedWorker"}

@@ -1,10 +1,10 @@
-"""rosd.metrics against hand-computed numbers."""
+"""rosd.evaluation.metrics against hand-computed numbers."""
 
 import math
 
 import pytest
 
-from rosd.metrics import maj_at_k, mean_at_k, pass_at_k, pass_ks, summarize
+from rosd.evaluation.metrics import maj_at_k, mean_at_k, pass_at_k, pass_ks, summarize
 
 
 @pytest.mark.parametrize(

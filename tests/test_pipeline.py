@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from pipeline_run import EXP, environment, planned_jobs, processes_in, run, snakemake_command
+from pipeline_run import (
+    EXP,
+    environment,
+    planned_jobs,
+    processes_in,
+    run,
+    snakemake_command,
+)
 
 
 def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
@@ -35,7 +41,7 @@ def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
 
 
 def test_a_run_keeps_theta0_the_evaluated_weights_and_its_newest_checkpoint(finished):
-    """Round checkpoints are temporary (rosd/checkpoints.py). Every round is evaluated here
+    """Round checkpoints are temporary (rosd/training/checkpoints.py). Every round is evaluated here
     (tiny.yaml: `evaluation.every_steps: 1`): round 1 keeps its weights alone, the last round its
     whole checkpoint (to resume), and θ0 is links to the shipped model, not a copy."""
     exp = finished / EXP

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rosd.planning import local_train_rows, planned_steps, rounds_for
+from rosd.jobs.planning import local_train_rows, planned_steps, rounds_for
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

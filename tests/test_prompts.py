@@ -2,7 +2,7 @@
 the strings below are written out by hand from its Hydra config (verl/trainer/config/actor/actor.yaml,
 `self_distillation:`) and ray_trainer.py's _build_teacher_message."""
 
-from rosd.prompts import fit_user_message, reflection_messages, teacher_messages
+from rosd.method.prompts import fit_user_message, reflection_messages, teacher_messages
 
 TASK = {"system": "Answer in \\boxed{}.", "prompt": "Compute 3 + 5.", "answer": "8", "kind": "math"}
 TUTOR = "You are a careful tutor. Respond strictly in the required format and nothing else."

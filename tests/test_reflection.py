@@ -4,8 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from rosd.reflection import find_quote, loss_start, parse_reflection, token_at_char
-from rosd.stages.reflect import quote_line_offset, true_error_hit
+from rosd.method.reflection import (
+    find_quote,
+    loss_start,
+    parse_reflection,
+    token_at_char,
+)
+from rosd.world.first_error import quote_line_offset, true_error_hit
 
 THETA0 = Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0"
 
@@ -83,7 +88,7 @@ def test_quote_line_offset_is_none_without_a_wrong_world_rollout():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from rosd.modeling import load_tokenizer
+    from rosd.models.loading import load_tokenizer
 
     return load_tokenizer(str(THETA0))
 

@@ -25,8 +25,8 @@ from mlflow import MlflowClient
 from pipeline_run import EXP, run
 
 from rosd.cli import main as rosd_main
-from rosd.plots import with_base_as_round_zero
-from rosd.tracking import reflection_sample, tracking_uri
+from rosd.reporting.plots import with_base_as_round_zero
+from rosd.reporting.tracking import reflection_sample, tracking_uri
 
 # Only the last round evaluated: the learning curves have θ0 and round 2.
 OVERLAY = {"methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None}}

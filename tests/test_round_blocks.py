@@ -1,4 +1,4 @@
-"""Blocks of rounds as one job (`execution.rounds_per_job`, rosd/blocks.py) and one evaluation job
+"""Blocks of rounds as one job (`execution.rounds_per_job`, rosd/jobs/blocks.py) and one evaluation job
 per checkpoint (`execution.evaluation_jobs: checkpoint`): the same bytes as the per-stage jobs of
 the session's `finished` run (tests/conftest.py), a killed block resuming in the stage it was in,
 and a changed setting rerunning only the stages it reaches."""
@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline_run import (
+    EXP,
+    environment,
+    planned_jobs,
+    processes_in,
+    run,
+    snakemake_command,
+)
 
-from pipeline_run import EXP, environment, planned_jobs, processes_in, run, snakemake_command
-from rosd.planning import round_blocks
+from rosd.jobs.planning import round_blocks
 
 
 def test_blocks_end_at_every_evaluated_round_and_hold_at_most_n_rounds():

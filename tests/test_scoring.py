@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rosd.prompts import chat_prompt_ids, student_messages, teacher_messages
-from rosd.scoring import response_logps
+from rosd.method.prompts import chat_prompt_ids, student_messages, teacher_messages
+from rosd.method.scoring import response_logps
 
 THETA0 = str(Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0")
 TASK = {"system": "Put the final answer in \\boxed{}.", "prompt": "Compute 3 + 5 - 2.", "answer": "6"}
@@ -14,7 +14,7 @@ TASK = {"system": "Put the final answer in \\boxed{}.", "prompt": "Compute 3 + 5
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
-    from rosd.modeling import load_model, load_tokenizer
+    from rosd.models.loading import load_model, load_tokenizer
 
     return load_model(THETA0).eval(), load_tokenizer(THETA0)
 

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from rosd.io import read_jsonl, write_jsonl
-from rosd.modeling import load_model, load_tokenizer
-from rosd.stages.distill import micro_batch_terms, optimizer_for, run_distill, train_step
-from rosd.stages.teacher import run_teacher_score
 from tiny_model import hand_made_rollouts
+
+from rosd.io.files import read_jsonl, write_jsonl
+from rosd.method.objective import micro_batch_terms
+from rosd.models.loading import load_model, load_tokenizer
+from rosd.stages.distill import run_distill
+from rosd.stages.teacher import run_teacher_score
+from rosd.training.steps import optimizer_for, train_step
 
 THETA0 = str(Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0")
 TRAIN = {
@@ -44,7 +46,7 @@ def settings(round_index=1):
 def fused_loss(student, teacher, rows) -> torch.Tensor:
     """SPEC §1.8 written out directly: full forward of both models, student top-k + tail, JSD,
     truncated importance weight, token mean per micro-batch of 2, averaged over micro-batches."""
-    from rosd.losses import add_tail, generalized_jsd
+    from rosd.method.losses import add_tail, generalized_jsd
 
     values = []
     for start in range(0, len(rows), 2):

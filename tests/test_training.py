@@ -1,7 +1,7 @@
-"""Training options on the CPU (rosd/training.py): gradient checkpointing, LoRA, and several processes.
+"""Training options on the CPU (rosd/training/student.py): gradient checkpointing, LoRA, and several processes.
 
 What runs here: gradient checkpointing and LoRA on a small world model, and the several-process path
-(rosd/sharding.py: FSDP2) with two CPU processes under torchrun over gloo, for sdpo (EMA teacher)
+(rosd/training/sharding.py: FSDP2) with two CPU processes under torchrun over gloo, for sdpo (EMA teacher)
 and LoRA. On GPUs the same code runs under ``accelerate launch`` over NCCL; bfloat16 mixed precision
 and CUDA are not exercised here.
 """
@@ -18,15 +18,21 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from rosd.checkpoints import ADAPTER, EMA_TEACHER, SHARDED_TRAINER_STATE, TRAINER_STATE
-from rosd.io import read_jsonl, write_jsonl
-from rosd.modeling import load_model, load_tokenizer
-from rosd.stages.distill import run_distill, train_step
-from rosd.stages.teacher import run_teacher_score, teacher_targets
-from rosd.methods import PRESETS, unsupported
-from rosd.training import SingleProcess, load_student
 from tiny_model import hand_made_rollouts, small_model_dir
+
+from rosd.io.files import read_jsonl, write_jsonl
+from rosd.method.presets import PRESETS, unsupported
+from rosd.models.loading import load_model, load_tokenizer
+from rosd.stages.distill import run_distill
+from rosd.stages.teacher import run_teacher_score, teacher_targets
+from rosd.training.checkpoints import (
+    ADAPTER,
+    EMA_TEACHER,
+    SHARDED_TRAINER_STATE,
+    TRAINER_STATE,
+)
+from rosd.training.steps import train_step
+from rosd.training.student import SingleProcess, load_student
 
 TRAIN = {
     "lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01, "grad_clip": 1.0, "micro_batch": 2, "reduction": "reference",

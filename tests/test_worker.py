@@ -1,4 +1,4 @@
-"""The stage worker (rosd/worker.py): a `rosd` command handed to it computes, writes, prints and
+"""The stage worker (rosd/jobs/worker.py): a `rosd` command handed to it computes, writes, prints and
 exits as the command run as its own process does, and dies when its command is killed."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from pipeline_run import EXP, environment, run, shell_command
 
-from rosd import worker
+from rosd.jobs import worker
 
 ROUND1 = EXP / "runs" / "rosd" / "math" / "seed0" / "round1"
 BAD_SETTINGS = ["prepare-data", "--name", "math", "--split", "test", "--out", "x.jsonl", "--settings", "{bad"]

@@ -11,14 +11,28 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rosd.grading import score
-from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages
-from rosd.reflection import find_quote, parse_reflection
 from rosd.engines.base import Sample
-from rosd.world.evaluation import evaluate_accuracy, evaluate_own_localization
-from rosd.world.tasks import FAMILIES, corrupt, explain_correct, explain_error, first_error_offset, generate
+from rosd.evaluation.grading import score
+from rosd.method.prompts import chat_prompt_ids, reflection_messages, student_messages
+from rosd.method.reflection import find_quote, parse_reflection
 from rosd.stages.data import init_model
-from rosd.world.warm_start import LR_SCHEDULES, _examples, diagnosis, main as warm_start_main, own_answer_pool, run_warm_start
+from rosd.world.measure import evaluate_accuracy, evaluate_own_localization
+from rosd.world.tasks import (
+    FAMILIES,
+    corrupt,
+    explain_correct,
+    explain_error,
+    first_error_offset,
+    generate,
+)
+from rosd.world.warm_start import (
+    LR_SCHEDULES,
+    _examples,
+    diagnosis,
+    own_answer_pool,
+    run_warm_start,
+)
+from rosd.world.warm_start import main as warm_start_main
 
 THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
 FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
@@ -118,7 +132,7 @@ def test_theta0_is_tokenized_as_it_was_trained():
     config, whose pattern makes "\n\n" one token where θ0 learned two."""
     from tokenizers import Tokenizer
 
-    from rosd.modeling import load_tokenizer
+    from rosd.models.loading import load_tokenizer
 
     trained = Tokenizer.from_file(str(THETA0 / "tokenizer.json"))
     task = generate("math", "test", 1, seed=0)[0]

@@ -28,8 +28,8 @@ def hand_made_rollouts(model_dir) -> list[dict]:
     so the importance weights matter."""
     import torch
 
-    from rosd.modeling import load_tokenizer
-    from rosd.prompts import chat_prompt_ids, student_messages, teacher_messages
+    from rosd.method.prompts import chat_prompt_ids, student_messages, teacher_messages
+    from rosd.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(model_dir))
     task = {"system": "Put the final answer in \\boxed{}.", "prompt": "Compute 3 + 5 - 2.", "answer": "6", "kind": "math"}

@@ -9,7 +9,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rosd.engines.base import Sample
-from rosd.modeling import load_model, load_tokenizer
+from rosd.models.loading import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 

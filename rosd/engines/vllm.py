@@ -11,7 +11,7 @@ import logging
 import time
 
 from rosd.engines.base import Sample
-from rosd.modeling import load_tokenizer
+from rosd.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 

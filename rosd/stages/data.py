@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rosd.io import write_jsonl
+from rosd.io.files import write_jsonl
+from rosd.world import THETA0_DIR
 
 log = logging.getLogger(__name__)
 
-SHIPPED_THETA0 = Path(__file__).resolve().parent.parent / "world" / "theta0"
+SHIPPED_THETA0 = Path(THETA0_DIR)
 
 
 def prepare_data(*, name: str, split: str, settings: dict, out: str) -> None:
     """Write the tasks of one benchmark (split "test") or train target (split "train"): a real
     dataset when ``name`` is in ``data.datasets``, else the embedded world's generator."""
     if name in settings.get("datasets", {}):
-        from rosd.datasets import load_benchmark
+        from rosd.evaluation.datasets import load_benchmark
 
         tasks = load_benchmark(name, settings["datasets"][name], split, settings)
     else:
@@ -30,7 +31,7 @@ def prepare_data(*, name: str, split: str, settings: dict, out: str) -> None:
 
 def init_model(*, settings: dict, out: str) -> None:
     """Place θ0 at ``out``: links to the shipped embedded-world model, a fresh warm start, or
-    (``path``) a local directory, hub name or packaged GGUF (rosd/model_source.py)."""
+    (``path``) a local directory, hub name or packaged GGUF (rosd/models/sources.py)."""
     init = settings["init"]
     if init == "warm_start":
         from rosd.world.warm_start import run_warm_start
@@ -38,12 +39,12 @@ def init_model(*, settings: dict, out: str) -> None:
         run_warm_start(out, **settings.get("warm_start", {}))
         return
     if init == "path":
-        from rosd.model_source import place_model
+        from rosd.models.sources import place_model
 
         place_model(settings, out)
         return
     if not (SHIPPED_THETA0 / "config.json").exists():
         raise SystemExit(f"model.init={init!r}: no Hugging Face model directory at {SHIPPED_THETA0}")
-    from rosd.model_source import link_model
+    from rosd.models.sources import link_model
 
     link_model(SHIPPED_THETA0, out)

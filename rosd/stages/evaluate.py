@@ -9,10 +9,10 @@ import logging
 import os
 
 from rosd.engines import load_engine
-from rosd.grading import extract_answer, grade_batch
-from rosd.io import read_jsonl, write_json, write_jsonl
-from rosd.metrics import summarize
-from rosd.prompts import chat_prompt_ids, student_messages
+from rosd.evaluation.grading import extract_answer, grade_batch
+from rosd.evaluation.metrics import summarize
+from rosd.io.files import read_jsonl, write_json, write_jsonl
+from rosd.method.prompts import chat_prompt_ids, student_messages
 
 log = logging.getLogger(__name__)
 

@@ -4,82 +4,21 @@
 from __future__ import annotations
 
 import logging
-import random
-from collections import defaultdict
 
 from rosd.engines import load_engine
-from rosd.io import read_jsonl, write_jsonl
-from rosd.methods import needs_reflection
-from rosd.prompts import chat_prompt_ids, fit_user_message, reflection_messages, remove_thinking, teacher_messages
-from rosd.reflection import find_quote, loss_start, parse_reflection
+from rosd.io.files import read_jsonl, write_jsonl
+from rosd.method.groups import mark_groups, teacher_context
+from rosd.method.presets import needs_reflection
+from rosd.method.prompts import (
+    chat_prompt_ids,
+    fit_user_message,
+    reflection_messages,
+    teacher_messages,
+)
+from rosd.method.reflection import find_quote, loss_start, parse_reflection
+from rosd.world.first_error import quote_line_offset, true_error_hit
 
 log = logging.getLogger(__name__)
-
-
-def mark_groups(rows: list[dict], *, group_filter: str = "zero_variance", skip_no_success: bool = True, sibling: str = "first", seed: int = 0) -> None:
-    """Set ``in_loss`` and ``sibling`` (a correct rollout of the same group other than this one).
-
-    The zero-variance filter (ref) drops groups whose rollouts all agree, which also drops groups
-    with no success; ``sibling`` is the first other correct rollout (ref) or a seeded random one,
-    without its ``<think>`` spans (ref: remove_thinking_from_demonstration).
-    """
-    rng = random.Random(seed)
-    groups = defaultdict(list)
-    for row in rows:
-        groups[row["group"]].append(row)
-    for members in groups.values():
-        rewards = {m["reward"] for m in members}
-        keep = len(rewards) > 1 if group_filter == "zero_variance" else True
-        if skip_no_success and 1.0 not in rewards:
-            keep = False
-        for m in members:
-            m["in_loss"] = keep
-            others = [o["response"] for o in members if o is not m and o["reward"] == 1.0]
-            chosen = (others[0] if sibling == "first" else rng.choice(others)) if others else None
-            m["sibling"] = remove_thinking(chosen) if chosen is not None else None
-
-
-def teacher_context(row: dict, context: str) -> tuple[str | None, str | None]:
-    """(solution, reflection) the teacher reads, by the method's teacher context (SPEC §1.6)."""
-    reflection = row.get("explanation")
-    if context == "reflection_else_solution":
-        return (None, reflection) if reflection else (row["sibling"], None)
-    return {
-        "solution_and_reflection": (row["sibling"], reflection),
-        "reflection": (None, reflection),
-        "solution": (row["sibling"], None),
-        "reference": (row["task"].get("solution"), None),
-    }[context]
-
-
-def _true_first_error(row: dict) -> int | None:
-    """Where a wrong world rollout with a found quote first deviates from its task's steps; None for
-    a correct rollout, no quote found, a task off the world, or a response that never deviates."""
-    if row["reward"] == 1.0 or row.get("quote_char") is None or not row["task"].get("steps"):
-        return None
-    from rosd.world.tasks import first_error_offset
-
-    return first_error_offset(row["task"], row["response"])
-
-
-def quote_line_offset(row: dict) -> int | None:
-    """Lines from a wrong rollout's true first error to where its found quote starts (0: on it,
-    negative: before it); None where ``_true_first_error`` is."""
-    start = _true_first_error(row)
-    if start is None:
-        return None
-    response = row["response"]
-    return response.count("\n", 0, row["quote_char"]) - response.count("\n", 0, start)
-
-
-def true_error_hit(row: dict) -> bool | None:
-    """Whether the found quote starts on the line of the true first error (world tasks only)."""
-    start = _true_first_error(row)
-    if start is None:
-        return None
-    end = row["response"].find("\n", start)
-    end = len(row["response"]) if end == -1 else end
-    return start <= row["quote_char"] <= end
 
 
 def reflect(engine, rows: list[dict], settings: dict) -> None:
@@ -162,6 +101,6 @@ def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
 
 
 def _tokenizer(model: str):
-    from rosd.modeling import load_tokenizer
+    from rosd.models.loading import load_tokenizer
 
     return load_tokenizer(model)

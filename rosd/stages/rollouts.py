@@ -6,9 +6,9 @@ import logging
 import random
 
 from rosd.engines import load_engine
-from rosd.grading import grade_batch
-from rosd.io import read_jsonl, write_jsonl
-from rosd.prompts import chat_prompt_ids, student_messages
+from rosd.evaluation.grading import grade_batch
+from rosd.io.files import read_jsonl, write_jsonl
+from rosd.method.prompts import chat_prompt_ids, student_messages
 
 log = logging.getLogger(__name__)
 

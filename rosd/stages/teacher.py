@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from rosd.checkpoints import EMA_TEACHER
-from rosd.io import atomic_path, read_jsonl
-from rosd.losses import add_tail
-from rosd.modeling import load_model, load_tokenizer
-from rosd.scoring import batches, logp_of, response_tokens
+from rosd.io.files import atomic_path, read_jsonl
+from rosd.method.losses import add_tail
+from rosd.method.scoring import batches, logp_of, response_tokens
+from rosd.models.loading import load_model, load_tokenizer
+from rosd.training.checkpoints import EMA_TEACHER
 
 log = logging.getLogger(__name__)
 

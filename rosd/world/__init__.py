@@ -4,7 +4,7 @@ model, and the warm start that trains the shipped θ0, so the whole method runs 
 - ``rosd.world.tasks``: ``generate(family, split, n, seed)``, ``first_error_offset``, ``corrupt``, explanations;
 - ``rosd.world.model``: the BPE tokenizer with a ChatML template and the model built from config;
 - ``rosd.world.warm_start``: ``run_warm_start``, the rule that trains θ0 (and its command line);
-- ``rosd.world.evaluation``: accuracy per family, reflection and teacher quality of a world model.
+- ``rosd.world.measure``: accuracy per family, reflection and teacher quality of a world model.
 """
 
 from pathlib import Path

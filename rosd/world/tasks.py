@@ -17,7 +17,7 @@ import random
 import re
 import zlib
 
-from rosd.grading import score
+from rosd.evaluation.grading import score
 
 FAMILIES = {"math": "math", "math_long": "math", "mcq": "mcq", "tooluse": "tooluse"}  # family -> grading kind
 

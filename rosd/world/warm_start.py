@@ -29,13 +29,25 @@ from typing import NamedTuple
 
 import torch
 
-from rosd.io import atomic_dir
-from rosd.modeling import load_model, load_tokenizer
-from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
+from rosd.io.files import atomic_dir
+from rosd.method.prompts import (
+    chat_prompt_ids,
+    reflection_messages,
+    student_messages,
+    teacher_messages,
+)
+from rosd.models.loading import load_model, load_tokenizer
+from rosd.world.measure import evaluate, own_answers, own_wrong_answers, write_report
 from rosd.world.model import build_model, train_tokenizer
-from rosd.world.evaluation import evaluate, own_answers, own_wrong_answers, write_report
-from rosd.world.tasks import (corrupt, explain_correct, explain_error, first_wrong_line, generate,
-                              quotable_first_wrong_line, sample)
+from rosd.world.tasks import (
+    corrupt,
+    explain_correct,
+    explain_error,
+    first_wrong_line,
+    generate,
+    quotable_first_wrong_line,
+    sample,
+)
 
 log = logging.getLogger(__name__)
 

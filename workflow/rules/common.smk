@@ -6,8 +6,8 @@ import shlex
 import sys
 from types import SimpleNamespace
 
-from rosd.methods import evaluation_rounds, needs_reflection, resolve, trains
-from rosd.planning import local_train_rows, planned_steps, round_blocks, rounds_for
+from rosd.method.presets import evaluation_rounds, needs_reflection, resolve, trains
+from rosd.jobs.planning import local_train_rows, planned_steps, round_blocks, rounds_for
 
 EXP = f"results/{config['experiment']}"
 # Path templates: f-strings whose values carry the wildcards, so literal braces here are doubled.
@@ -19,7 +19,7 @@ THETA0 = f"{EXP}/models/theta0"
 
 @functools.cache
 def method_settings(method):
-    """A method's resolved settings (rosd/methods.py), once per method: callers only read them."""
+    """A method's resolved settings (rosd/method/presets.py), once per method: callers only read them."""
     return resolve(config, method)
 
 
@@ -62,7 +62,7 @@ def evaluated_model(wildcards):
 
 def round_checkpoint():
     """Distill's checkpoint output: temporary (removed once the next round and the round's keep job
-    have read it, rosd/checkpoints.py) unless `checkpoints.keep: all`."""
+    have read it, rosd/training/checkpoints.py) unless `checkpoints.keep: all`."""
     weights_and_state = directory(f"{ROUND}/checkpoint")
     return weights_and_state if config["checkpoints"]["keep"] == "all" else temp(weights_and_state)
 
@@ -113,13 +113,13 @@ def evaluated_rounds(method, target):
 
 
 # Rounds per training job: 1, each round's five stages are jobs (workflow/rules/round.smk); more,
-# one job runs a block of rounds (workflow/rules/round_blocks.smk, rosd/blocks.py).
+# one job runs a block of rounds (workflow/rules/round_blocks.smk, rosd/jobs/blocks.py).
 ROUNDS_PER_JOB = config["execution"]["rounds_per_job"]
 
 
 @functools.cache
 def block_firsts(method, target):
-    """{last round: first round} of each block of a run (rosd.planning.round_blocks)."""
+    """{last round: first round} of each block of a run (rosd.jobs.planning.round_blocks)."""
     blocks = round_blocks(rounds_of(target), evaluated_rounds(method, target), ROUNDS_PER_JOB)
     return {last: first for first, last in blocks}
 

@@ -3,12 +3,14 @@
 import os
 import sys
 
-from rosd import lifeline, worker
-from rosd.datasets import ADAPTERS_WITHOUT_SOLUTIONS
-from rosd.gpu_pool import SNAKEMAKE_PREFIX
-from rosd.methods import unsupported
+from rosd.io import lifeline
 
-# A GPU job's command runs through `rosd with-gpu` (rosd/gpu_pool.py) when ROSD_GPUS is set: one
+from rosd.jobs import worker
+from rosd.evaluation.datasets import ADAPTERS_WITHOUT_SOLUTIONS
+from rosd.jobs.gpu_pool import SNAKEMAKE_PREFIX
+from rosd.method.presets import unsupported
+
+# A GPU job's command runs through `rosd with-gpu` (rosd/jobs/gpu_pool.py) when ROSD_GPUS is set: one
 # machine, several GPUs, each GPU job gets its own device(s). Unset, the prefix is empty.
 GPU_POOL = SNAKEMAKE_PREFIX
 
@@ -17,7 +19,7 @@ MODEL_THREADS = config["execution"]["threads"]
 
 ACCELERATE_CONFIG = os.path.join(workflow.basedir, "config", "accelerate_fsdp.yaml")
 
-# Jobs die with this Snakemake (rosd/lifeline.py): they find it by ancestry, or by this variable
+# Jobs die with this Snakemake (rosd/io/lifeline.py): they find it by ancestry, or by this variable
 # when it died before they started.
 lifeline.export_for_jobs()
 
@@ -73,7 +75,7 @@ def trainer():
 
 
 def stage_worker_wanted():
-    """Whether this run starts a stage worker (`execution.stage_worker`, rosd/worker.py): only for
+    """Whether this run starts a stage worker (`execution.stage_worker`, rosd/jobs/worker.py): only for
     jobs run here, by this Snakemake's Python (not under --use-conda or a container)."""
     mode = config["execution"]["stage_worker"]
     if mode is False or not workflow.local_exec or workflow.deployment_settings.deployment_method:

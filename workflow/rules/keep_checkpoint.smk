@@ -1,4 +1,4 @@
-# What an evaluated round keeps of its temporary checkpoint, by hard links (rosd/checkpoints.py).
+# What an evaluated round keeps of its temporary checkpoint, by hard links (rosd/training/checkpoints.py).
 rule keep_checkpoint:
     input:
         f"{ROUND}/checkpoint",

@@ -76,7 +76,7 @@ rule plots:
         localization=f"{EXP}/tables/localization.csv",
         quote_offsets=f"{EXP}/tables/quote_offsets.csv",
     output:
-        # the file names inside plots/ are fixed by rosd.plots.write_plots
+        # the file names inside plots/ are fixed by rosd.reporting.plots.write_plots
         report(
             f"{EXP}/plots/heatmap.png",
             caption="../report/heatmap.rst",

@@ -1,5 +1,5 @@
 # Rounds first..r of a (method, target, seed) run as one job (`execution.rounds_per_job` > 1): the
-# stages of round.smk, run in a row by rosd/blocks.py; checkpoint first-1 -> checkpoint r.
+# stages of round.smk, run in a row by rosd/jobs/blocks.py; checkpoint first-1 -> checkpoint r.
 rule round_block:
     input:
         model=block_start,

@@ -2,7 +2,7 @@
 
 - One process (``train.launcher: none``, the default): plain torch on the CPU or one GPU. On CUDA
   with ``model.dtype: bfloat16`` the forward runs under bfloat16 autocast over float32 master weights.
-- Several processes (``train.launcher: accelerate``): rosd/sharding.py, FSDP2 over the processes
+- Several processes (``train.launcher: accelerate``): rosd/training/sharding.py, FSDP2 over the processes
   that ``accelerate launch`` starts. Process k takes micro-batches k, k + world_size, ... of a step.
   Gradients are averaged across processes, so each process scales its loss by world_size: the
   update is the one-process update.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from rosd.checkpoints import ADAPTER, EMA_TEACHER, TRAINER_STATE
-from rosd.io import atomic_dir
-from rosd.modeling import load_model
+from rosd.io.files import atomic_dir
+from rosd.models.loading import load_model
+from rosd.training.checkpoints import ADAPTER, EMA_TEACHER, TRAINER_STATE
 
 
 def load_student(model_dir: str, train: dict, device: str):

@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import os
 import selectors
-import signal
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -105,14 +105,15 @@ def warm_up() -> dict:
 
     import transformers.generation.utils  # noqa: F401  (what `generate` imports on its first call)
 
-    from rosd import cli, tracking  # noqa: F401
-    from rosd.modeling import load_model, load_tokenizer
+    from rosd import cli  # noqa: F401
+    from rosd.models.loading import load_model, load_tokenizer
+    from rosd.reporting import tracking  # noqa: F401
+    from rosd.world import THETA0_DIR
 
     for module in (*(module for module, _, _ in cli.STAGES.values()), "math_verify"):
         importlib.import_module(module)  # math_verify: the grade stage's check workers fork from it
-    shipped = os.path.join(os.path.dirname(__file__), "world", "theta0")
-    load_tokenizer(shipped)
-    load_model(shipped)
+    load_tokenizer(THETA0_DIR)
+    load_model(THETA0_DIR)
     return fresh
 
 
@@ -134,7 +135,7 @@ def _run_fork(request: dict, fds: list[int], fresh: dict, worker_fds: list[int])
     """In the fork: become the job (its fds, directory, environment, threads) and run its command."""
     code = 1
     try:
-        from rosd import lifeline
+        from rosd.io import lifeline
 
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: lifeline.stop("the job was killed"))
@@ -296,7 +297,7 @@ def start(log_path: str) -> subprocess.Popen:
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rosd.worker", path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            [sys.executable, "-m", "rosd.jobs.worker", path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,
         )  # fmt: skip
     os.environ[ENV] = path
@@ -316,7 +317,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m rosd.worker SOCKET``: what `start` runs."""
+    """``python -m rosd.jobs.worker SOCKET``: what `start` runs."""
     serve((sys.argv[1:] if argv is None else argv)[0])
 
 

@@ -38,7 +38,9 @@ def _rows_in(path: Path) -> int:
 
 def local_train_rows(path: str | Path, split: str = "train") -> int:
     """Rows of a local train split: the file itself, or ``<split>.jsonl|.json|.parquet`` in a directory."""
-    from rosd.datasets import split_file  # the prepare_data stage's reading of a directory
+    from rosd.evaluation.datasets import (
+        split_file,  # the prepare_data stage's reading of a directory
+    )
 
     path = Path(path)
     if path.is_dir():
@@ -51,7 +53,7 @@ def local_train_rows(path: str | Path, split: str = "train") -> int:
 
 def round_blocks(rounds: int, evaluated: list[int], rounds_per_job: int) -> list[tuple[int, int]]:
     """The (first, last) rounds of each job that runs rounds in a row (`execution.rounds_per_job`,
-    rosd/blocks.py): consecutive blocks covering rounds 1..``rounds``, none longer than
+    rosd/jobs/blocks.py): consecutive blocks covering rounds 1..``rounds``, none longer than
     ``rounds_per_job``, one ending at every evaluated round (an evaluation job reads its checkpoint)."""
     blocks, first = [], 1
     ends = set(evaluated) | {rounds}

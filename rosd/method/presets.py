@@ -80,7 +80,7 @@ def resolve(config: dict, method: str) -> dict:
 
 
 def unsupported(method: dict, train: dict) -> str | None:
-    """Why these settings cannot train (rosd/training.py), as one line; None when they can. The
+    """Why these settings cannot train (rosd/training/student.py), as one line; None when they can. The
     train keys read here are optional: absent means off. (Torch-free: the Snakefile calls it.)"""
     if method.get("teacher") == "ema" and train.get("lora"):
         return "train.lora cannot train a method with an EMA teacher (sdpo): the EMA averages full weights"

@@ -3,7 +3,7 @@
 math-verify bounds its own parsing and comparison with ``signal.alarm``, which works only in a
 process's main thread, and some inputs (a huge power tower, a factorial of a power) make sympy spin
 for as long as one lets it. So every check runs in a worker *process* (``python -m
-rosd.mathverify``, one JSON request per line on stdin, one JSON verdict per line on stdout): inside
+rosd.evaluation.mathverify``, one JSON request per line on stdin, one JSON verdict per line on stdout): inside
 it, math-verify's own timeouts stop most slow checks cheaply; a check that still overruns the outer
 deadline (stuck in C code), or whose worker dies, has that worker killed and replaced and costs
 only its own sample (False), never the run.
@@ -12,7 +12,7 @@ Workers are plain subprocesses rather than a multiprocessing pool: they never re
 caller's ``__main__`` and each one can be killed alone. One set per process is started on first
 use and reused (starting a worker and importing math-verify takes about a second; a check then
 costs about a millisecond of IPC), so stages can grade per sample or a whole batch at once. In a
-process that has math-verify imported already (a fork of the stage worker, rosd/worker.py) a
+process that has math-verify imported already (a fork of the stage worker, rosd/jobs/worker.py) a
 worker is a fork of it instead, which starts in milliseconds.
 """
 
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 DEFAULT_TIMEOUT = 5.0  # seconds per math-verify phase (math-verify's own default)
 STARTUP_TIMEOUT = 120.0  # seconds for a worker to import math-verify (generous: shared machines)
 READY = "ready"  # a worker's first line, once it can take requests
-WORKER_COMMAND = [sys.executable, "-m", "rosd.mathverify"]
+WORKER_COMMAND = [sys.executable, "-m", "rosd.evaluation.mathverify"]
 
 
 def equivalent(gold: str, predicted: str, timeout: float = DEFAULT_TIMEOUT, *, rebox: bool = True) -> bool | None:
@@ -99,7 +99,7 @@ class _ForkedWorker:
         self.pid = os.fork()
         if self.pid == 0:
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT):  # not the caller's handlers (rosd.lifeline's)
+                for sig in (signal.SIGTERM, signal.SIGINT):  # not the caller's handlers (rosd.io.lifeline's)
                     signal.signal(sig, signal.SIG_DFL)
                 os.dup2(request_read, 0)
                 os.dup2(answer_write, 1)

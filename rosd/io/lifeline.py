@@ -8,9 +8,9 @@ command looks up the nearest ancestor whose command line is Snakemake (the ppid 
 ``/proc/<pid>/stat``, the command in ``/proc/<pid>/cmdline``; Linux only: elsewhere, and
 outside Snakemake, nothing happens) and a daemon thread checks every `POLL_SECONDS` that this
 very process (same pid, same start time, not a zombie) is still there. When it is gone the
-process says so in one line, removes what it was writing (`on_stop` callbacks: rosd.io's
+process says so in one line, removes what it was writing (`on_stop` callbacks: rosd.io.files's
 partials), kills its own descendants (check workers, engine processes) and ends with
-`EXIT_CODE` at once, wherever the main thread is. `check` does the same test on demand: rosd.io
+`EXIT_CODE` at once, wherever the main thread is. `check` does the same test on demand: rosd.io.files
 calls it just before each atomic rename, so an output is never published after Snakemake died.
 
 Where the direct parent is single-threaded (the job's bash), ``PR_SET_PDEATHSIG`` also has the

@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rosd import lifeline, worker
-from rosd.checkpoints import SNAKEMAKE_TIMESTAMP
-from rosd.io import atomic_path
+from rosd.io.files import atomic_path, lifeline
+from rosd.jobs import worker
+from rosd.training.checkpoints import SNAKEMAKE_TIMESTAMP
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ math compare  box == gold as strings, unstripped; else    stripped strings equal
               box is not empty)                           strings re-wrapped in ``\\boxed{}``
 ============  ==========================================  ==========================================
 
-Both modes share the rest. math-verify runs in worker processes with a timeout (`rosd.mathverify`,
+Both modes share the rest. math-verify runs in worker processes with a timeout (`rosd.evaluation.mathverify`,
 never threads: its timeouts are signals); `score_batch` spreads a batch's math-verify checks over
 the worker pool. Every reading is linear in the response length (one pass; the work is counted on
 a `_Budget`), and every sample's grading has a deadline, ``timeout`` seconds (default
-`rosd.mathverify.DEFAULT_TIMEOUT`) for the reading and as long again for each math-verify phase: a
+`rosd.evaluation.mathverify.DEFAULT_TIMEOUT`) for the reading and as long again for each math-verify phase: a
 sample that runs past it scores 0 and is counted in `grade_batch`'s ``timed_out``.
 
 Responses: None scores 0; bytes are decoded as UTF-8 with replacement. A tool-use gold answer that
@@ -369,13 +369,13 @@ def grade_batch(
 ) -> Graded:
     """Grade each (kind, response, answer): `Graded` (scores, timed_out).
 
-    ``timeout`` (seconds, default `rosd.mathverify.DEFAULT_TIMEOUT`) is each sample's deadline for
+    ``timeout`` (seconds, default `rosd.evaluation.mathverify.DEFAULT_TIMEOUT`) is each sample's deadline for
     reading its response and, separately, for each phase of its math-verify check; the checks of
     the whole batch run in parallel in the worker pool. A sample past either deadline scores 0 and
     is counted in ``timed_out``. Raises ValueError on an unknown kind or mode, or a tool-use gold
     answer that is not valid.
     """
-    from rosd.mathverify import DEFAULT_TIMEOUT, check_many
+    from rosd.evaluation.mathverify import DEFAULT_TIMEOUT, check_many
 
     _mode(mode)
     seconds = timeout or DEFAULT_TIMEOUT

@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
-
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 # Saved by a plain ``tokenizers`` backend (the world's own, rosd/world/model.py): loaded as saved.
 # AutoTokenizer builds Qwen2's tokenizer for a qwen2 config instead, which splits text with Qwen2's

@@ -17,15 +17,15 @@ import os
 import shutil
 from pathlib import Path
 
-from rosd.io import atomic_dir
+from rosd.io.files import atomic_dir
 
 log = logging.getLogger(__name__)
 
 # A checkpoint's entries beside the plain model: what only training reads.
-TRAINER_STATE = "trainer_state.pt"  # AdamW state and the global step (rosd/training.py)
-SHARDED_TRAINER_STATE = "trainer_state"  # the same, one file per process (rosd/sharding.py)
+TRAINER_STATE = "trainer_state.pt"  # AdamW state and the global step (rosd/training/student.py)
+SHARDED_TRAINER_STATE = "trainer_state"  # the same, one file per process (rosd/training/sharding.py)
 EMA_TEACHER = "ema_teacher"  # an EMA teacher's weights (rosd/stages/teacher.py)
-ADAPTER = "adapter"  # a LoRA adapter (rosd/training.py)
+ADAPTER = "adapter"  # a LoRA adapter (rosd/training/student.py)
 TRAINING_ONLY = (TRAINER_STATE, SHARDED_TRAINER_STATE, EMA_TEACHER, ADAPTER)
 # Snakemake's mtime carrier inside a directory output: the kept model gets its own, never a link,
 # or touching one would touch the checkpoint's too (and make it look newer than what read it).

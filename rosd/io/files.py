@@ -26,7 +26,7 @@ import socket
 import threading
 from pathlib import Path
 
-from rosd import lifeline
+from rosd.io import lifeline
 
 
 class InputFormatError(ValueError):

@@ -17,15 +17,15 @@ import logging
 import re
 from pathlib import Path
 
-from rosd.hub import hub_offline, offline_message
-from rosd.io import atomic_dir
+from rosd.io.files import atomic_dir
+from rosd.io.hub import hub_offline, offline_message
 
 log = logging.getLogger(__name__)
 
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
 # What a model directory needs (weights as safetensors, config, tokenizer, chat template).
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-PROJECT = Path(__file__).resolve().parent.parent  # relative model.adapter paths start here
+PROJECT = Path(__file__).resolve().parents[2]  # relative model.adapter paths start here
 
 
 def _package_dir(package: str) -> Path:
@@ -101,7 +101,7 @@ def merge_adapter(model_dir: str, adapter: str) -> None:
     """θ0 with the LoRA adapter at ``adapter`` merged into its weights, rewritten atomically."""
     from peft import PeftModel
 
-    from rosd.modeling import load_model, load_tokenizer
+    from rosd.models.loading import load_model, load_tokenizer
 
     source = Path(adapter) if Path(adapter).is_absolute() else PROJECT / adapter
     if not (source / "adapter_config.json").exists():

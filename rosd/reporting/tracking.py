@@ -42,7 +42,7 @@ from mlflow.utils.validation import (  # noqa: E402
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-from rosd.aggregate import (  # noqa: E402
+from rosd.reporting.aggregate import (  # noqa: E402
     BASE_TARGET,
     IDENTITY,
     collect,
@@ -263,7 +263,7 @@ def compare_table(
 ) -> pd.DataFrame:
     """``eval/*/{metric}`` of each parent run's last evaluated round, mean/std/count over seeds.
 
-    Returns ``rosd.aggregate.seed_stats`` output: index (method, target), columns
+    Returns ``rosd.reporting.aggregate.seed_stats`` output: index (method, target), columns
     (benchmark label with (ID)/(OOD), stat). ``targets`` filters trained runs only; the base
     row (target "all") stays whenever "base" is among ``methods``.
     """

@@ -3,7 +3,7 @@
 Reads, under ``results/<experiment>/``:
   runs/{method}/{target}/seed{seed}/round{r}/metrics.json      round training metrics
   eval/{method}/{target}/seed{seed}/round{r}/{benchmark}.jsonl per-sample correctness
-  eval/.../{benchmark}.json                                    its summary (rosd.metrics.summarize)
+  eval/.../{benchmark}.json                                    its summary (rosd.evaluation.metrics.summarize)
 
 Writes rounds.csv, evals.csv, comparison.csv, localization.csv, intervals.csv (mean@k with its 95%
 interval per cell), paired.csv (paired differences between methods with their intervals),
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rosd.intervals import mean_interval, paired_difference, problem_scores
-from rosd.io import atomic_path, read_jsonl
-from rosd.metrics import summarize
+from rosd.evaluation.intervals import mean_interval, paired_difference, problem_scores
+from rosd.evaluation.metrics import summarize
+from rosd.io.files import atomic_path, read_jsonl
 
 BASE_TARGET = "all"  # the untrained θ0 is evaluated once per seed as method "base", target "all"
 IDENTITY = ["method", "target", "seed", "round"]
@@ -171,7 +171,7 @@ def final_scores(exp_dir: str | os.PathLike, evals: pd.DataFrame) -> dict[tuple[
 
 def interval_table(scores: dict) -> pd.DataFrame:
     """One row per (method, target, benchmark): mean@k over seeds and problems with its 95%
-    interval (rosd/intervals.py)."""
+    interval (rosd/evaluation/intervals.py)."""
     rows = []
     for (method, target, benchmark), (round_, matrix) in scores.items():
         mean, low, high = mean_interval(matrix.to_numpy())

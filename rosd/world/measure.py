@@ -7,10 +7,16 @@ import json
 import os
 import random
 
-from rosd.grading import score
-from rosd.prompts import chat_prompt_ids, reflection_messages, student_messages, teacher_messages
-from rosd.reflection import find_quote, parse_reflection
-from rosd.stages.reflect import teacher_context, true_error_hit
+from rosd.evaluation.grading import score
+from rosd.method.groups import teacher_context
+from rosd.method.prompts import (
+    chat_prompt_ids,
+    reflection_messages,
+    student_messages,
+    teacher_messages,
+)
+from rosd.method.reflection import find_quote, parse_reflection
+from rosd.world.first_error import true_error_hit
 from rosd.world.tasks import FAMILIES, corrupt, generate
 
 
@@ -186,11 +192,11 @@ def write_report(model_dir: str, results: dict, *, n: int, command: str) -> None
 
 
 def main(argv=None) -> None:
-    """``python -m rosd.world.evaluation MODEL TASKS.jsonl``: ``reflect_on_own_answers`` of a model
+    """``python -m rosd.world.measure MODEL TASKS.jsonl``: ``reflect_on_own_answers`` of a model
     on a prepared task file (e.g. a run's data/test/<benchmark>.jsonl), printed as JSON."""
     import argparse
 
-    from rosd.io import read_jsonl
+    from rosd.io.files import read_jsonl
 
     parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
     parser.add_argument("model")

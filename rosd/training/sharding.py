@@ -31,10 +31,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from rosd.checkpoints import EMA_TEACHER, SHARDED_TRAINER_STATE, TRAINER_STATE
-from rosd.io import atomic_dir
-from rosd.modeling import load_model
-from rosd.training import load_student, save_student
+from rosd.io.files import atomic_dir
+from rosd.models.loading import load_model
+from rosd.training.checkpoints import EMA_TEACHER, SHARDED_TRAINER_STATE, TRAINER_STATE
+from rosd.training.student import load_student, save_student
 
 GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 BROADCAST_FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
@@ -67,7 +67,7 @@ def _rooted(weights: dict) -> dict:
 
 class Sharded:
     """One of ``world_size`` processes training one FSDP2-sharded student (``SingleProcess``'s
-    interface, rosd/training.py)."""
+    interface, rosd/training/student.py)."""
 
     def __init__(self, model_dir: str, train: dict, method: dict, *, device: str, dtype: str):
         cuda = device.startswith("cuda")

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -78,7 +78,7 @@ def check_methods(config: dict, schema_path: Path = SCHEMA) -> None:
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    from rosd.methods import resolve
+    from rosd.method.presets import resolve
 
     registry = Registry().with_resource("urn:rosd-config", Resource.from_contents(_schema(schema_path), default_specification=DRAFT202012))
     validator = jsonschema.Draft202012Validator({"$ref": "urn:rosd-config#/$defs/method_settings"}, registry=registry)
@@ -122,7 +122,7 @@ def _model_dir_problem(path: Path) -> str | None:
     except (OSError, ValueError) as error:
         return f"its config.json does not parse ({error})"
     try:
-        from rosd.modeling import load_tokenizer
+        from rosd.models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(str(path))
     except Exception as error:  # transformers raises many kinds for a missing or broken tokenizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+
 def _tag(name: str) -> re.Pattern:
     return re.compile(rf"<{name}>(.*?)</{name}>", re.IGNORECASE | re.DOTALL)
 

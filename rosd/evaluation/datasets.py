@@ -4,7 +4,7 @@ Every adapter returns the record the embedded world produces (rosd/world/tasks.p
 
     {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
 
-with ``kind`` "mcq", "tooluse" or "math" (graded by rosd.grading), ``solution`` the dataset's
+with ``kind`` "mcq", "tooluse" or "math" (graded by rosd.evaluation.grading), ``solution`` the dataset's
 reference solution or None, and ``steps`` always [] (only the world knows a solution's steps).
 ``domain`` is the benchmark's name in the config, so every benchmark (each SciKnowEval domain
 among them) stays its own, never pooled.
@@ -29,8 +29,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from rosd.grading import last_boxed
-from rosd.hub import hub_offline, offline_message
+from rosd.evaluation.grading import last_boxed
+from rosd.io.hub import hub_offline, offline_message
 
 # The usual instruction for boxed math answers (Qwen's), appended to the problem.
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -171,7 +171,11 @@ def _bad_json(path: Path) -> DataError | None:
 def _quiet_datasets():
     """No log lines or progress bars from datasets while it reads a local file (it takes a moment,
     and it logs its own error before raising, where we raise one line of our own)."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from datasets.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
     from datasets.utils import logging as datasets_logging
 
     level, bars_were_off = datasets_logging.get_verbosity(), are_progress_bars_disabled()
@@ -398,7 +402,7 @@ def _sciknoweval(name: str, spec: dict, split: str, settings: dict) -> list[dict
 
 def _check_tool_calls(rows: Rows, position: int, answer) -> None:
     """The gold answer must be a JSON list (or a list) of {"Action": name, "Action_Input": JSON
-    object text, or an object}: what rosd.grading.gold_tool_calls reads."""
+    object text, or an object}: what rosd.evaluation.grading.gold_tool_calls reads."""
     shape = 'a JSON list of {"Action": ..., "Action_Input": ...} calls'
     if isinstance(answer, str):
         try:

@@ -29,12 +29,14 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
+from matplotlib.figure import (
+    Figure,  # no pyplot: no global state, no display backend needed
+)
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from rosd.aggregate import BASE_TARGET, LOCALIZATION, wide_intervals
-from rosd.io import atomic_path
+from rosd.io.files import atomic_path
+from rosd.reporting.aggregate import BASE_TARGET, LOCALIZATION, wide_intervals
 
 BASE_LABEL = "base (θ0)"
 TRAINING = {"loss": "training loss", "rollout_accuracy": "rollout accuracy"}

@@ -1,0 +1,38 @@
+"""What a round logs about its rollouts, reflections and localization (docs/method.md, "Logged per
+round"): pure functions of the reflect stage's rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from statistics import mean
+
+
+def round_stats(rows: list[dict]) -> dict:
+    """Rollout, reflection and localization statistics of one round (SPEC §1, "Logged per step")."""
+    kept = [r for r in rows if r["in_loss"]]
+    wrong = [r for r in kept if r["reward"] == 0.0]
+    reflected = [r for r in kept if "parsed" in r]
+    found = [r for r in wrong if r.get("quote_char") is not None]
+    judged = [r["first_error_hit"] for r in found if r.get("first_error_hit") is not None]
+    tokens = sum(len(r["response_ids"]) for r in kept)
+
+    def rate(values):
+        return mean(values) if values else None
+
+    return {
+        "n_rollouts": len(rows),
+        "rollout_accuracy": rate([r["reward"] for r in rows]),
+        "kept_group_frac": rate([r["in_loss"] for r in rows]),
+        "reflection_parse_rate": rate([float(r["parsed"]) for r in reflected]),
+        "quote_found_rate": rate([float(r.get("quote_char") is not None) for r in wrong]) if reflected else None,
+        "quote_start_frac": rate([r["quote_char"] / max(len(r["response"]), 1) for r in found]),
+        "loss_token_frac": (sum(len(r["response_ids"]) - r["loss_start"] for r in kept if r["distilled"]) / tokens) if tokens else None,
+        "first_error_hit_rate": rate([float(h) for h in judged]),
+        # the per-sample mask: rollouts of kept groups whose teacher had no context (ref: no loss)
+        "rows_without_teacher_signal": sum(not r["distilled"] for r in kept),
+        "reflection_prompts_cut": sum(bool(r.get("reflection_prompt_tokens_cut")) for r in kept),
+        "teacher_prompts_cut": sum(bool(r.get("teacher_prompt_cut")) for r in kept),
+        # how many found quotes start this many lines from the true first error (world tasks)
+        "quote_line_offsets": dict(sorted(Counter(
+            r["quote_line_offset"] for r in found if r.get("quote_line_offset") is not None).items())),
+    }

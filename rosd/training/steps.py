@@ -1,0 +1,72 @@
+"""Optimizer steps on the student: AdamW resumed from a checkpoint's state, one step over an update's
+rollouts (rows without loss count in the reference reduction), and GRPO's old-policy log-probs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rosd.method.objective import (
+    loss_micro_batches,
+    micro_batch_terms,
+    micro_batch_value,
+    sampled_logps,
+    warmup_lr,
+)
+from rosd.method.scoring import batches
+from rosd.training.checkpoints import SHARDED_TRAINER_STATE, TRAINER_STATE
+from rosd.training.student import SingleProcess
+
+
+def optimizer_for(model, train: dict, state_dir: Path):
+    if (state_dir / SHARDED_TRAINER_STATE).exists():
+        raise SystemExit(f"{state_dir} was trained with train.launcher=accelerate; a run keeps one launcher")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    state_file = state_dir / TRAINER_STATE
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        return optimizer, int(state["global_step"])
+    return optimizer, 0
+
+
+def _zero_missing_grads(parameters) -> None:
+    """A step without loss still steps AdamW on a zero gradient (ref); torch skips None gradients."""
+    for p in parameters:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: int, runtime=None) -> dict:
+    """One optimizer step over one update's rollouts, all of them (rows without loss count in the
+    reference reduction); ``targets[i]`` is row i's teacher target (None without one, or no list for
+    GRPO). ``runtime`` (rosd/training/student.py) says where it runs: this process, or one of several."""
+    train = settings["train"]
+    runtime = runtime or SingleProcess(model, device=settings["device"], dtype=settings["dtype"])
+    for group in optimizer.param_groups:
+        group["lr"] = warmup_lr(train["lr"], global_step, train["warmup_steps"])
+    optimizer.zero_grad(set_to_none=True)
+    chunks, divisor = loss_micro_batches(list(zip(rows, targets or [None] * len(rows))), train["micro_batch"], train["reduction"])
+    total_tokens = sum(len(r["response_ids"]) - r["loss_start"] for r in rows if r["distilled"])
+    reported = 0.0
+    for chunk, share in runtime.shard(chunks):
+        per_token, weights, mask = runtime.forward(micro_batch_terms, [r for r, _ in chunk], [t for _, t in chunk], settings=settings)
+        value = micro_batch_value(per_token, weights, mask, reduction=train["reduction"], divisor=divisor, total_tokens=total_tokens)
+        # Processes' gradients are averaged; times world_size, they add up to the whole step's.
+        (value * (share * runtime.world_size)).backward()
+        reported += share * value.item()
+    _zero_missing_grads(runtime.parameters())
+    grad_norm = runtime.clip_grad_norm(train["grad_clip"])
+    optimizer.step()
+    return {"loss": runtime.total(reported), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def record_old_logps(runtime, rows: list[dict], *, settings: dict) -> None:
+    """GRPO's old policy: each row's sampled-token log-probs under the step's starting weights
+    (every process computes all of them: under FSDP each forward is a collective)."""
+    for chunk in batches(rows, settings["train"]["micro_batch"]):
+        logps = runtime.forward(sampled_logps, chunk, settings=settings).float().cpu()
+        for row, values in zip(chunk, logps.split([len(r["response_ids"]) for r in chunk])):
+            row["old_logps"] = values.tolist()
