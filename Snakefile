@@ -6,10 +6,11 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from rosd.jobs.config import ConfigError, check, check_methods, check_names
+from rosd.jobs.config import ConfigError, check, check_methods, check_names, check_runnable
+from rosd.jobs.planning import rounds_of
 
 min_version("8.0")
-# Snakemake builds the DAG recursively; long chains of rounds need a deeper stack (SPEC §6).
+# Snakemake builds the DAG recursively; long chains of rounds need a deeper stack (docs/method.md, "Pitfalls").
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
 
 
@@ -24,6 +25,9 @@ validate(config, "workflow/schemas/config.schema.yaml")
 try:
     check_methods(config)  # each method's preset + overrides, once the defaults are filled in
     check_names(config)  # targets, benchmarks and a local model directory, before any job
+    check_runnable(config)  # settings the trainer cannot run, a reference solution a target lacks
+    for _target in config["targets"]:
+        rounds_of(config, _target)  # every target's rounds can be counted before any job
 except ConfigError as error:
     sys.exit(str(error))
 

@@ -1,4 +1,4 @@
-"""Peak memory and time of HF generation at a large vocabulary, by number of new tokens: the old path
+"""Peak memory and time of HF generation at a large vocabulary, by number of new tokens: the stored-logits path
 (``output_logits=True``: every step's [batch, vocabulary] logits kept until the batch ends, then the
 sampled tokens' log-probs picked out) vs rosd's HF engine (the sampled token's log-prob recorded
 step by step by a logits processor, one step's [batch, vocabulary] held at a time).
@@ -15,7 +15,7 @@ batch; peak memory is that process's maximum resident set during generation (CPU
 mark is reset first where Linux allows, ``peak_reset``; glibc's mmap threshold is fixed so that freed
 tensors leave the resident set) or the CUDA allocator's peak (GPU): ``peak`` as measured, ``growth``
 minus what the process held before generating. ``kept logits`` is what each path holds by design:
-steps × batch × vocabulary float32 for the old one, one step's batch × vocabulary for the new. Both paths sample with the same seed: the table
+steps × batch × vocabulary float32 for stored logits, one step's batch × vocabulary for rosd's engine. Both paths sample with the same seed: the table
 says whether their ids are the same and how far apart their log-probs are.
 """
 
@@ -51,7 +51,7 @@ CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ}
 
 
 class StoredLogitsEngine(HFEngine):
-    """The HF engine as it was: ``output_logits=True``, log-probs picked out after the batch."""
+    """The stored-logits alternative: ``output_logits=True``, log-probs picked out after the batch."""
 
     def _generate_batch(self, ids, mask, *, temperature, top_p, top_k, max_new_tokens):
         arguments = self.generate_arguments(ids, mask, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)

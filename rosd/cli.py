@@ -23,46 +23,17 @@ import sys
 import time
 import traceback
 
+from rosd.jobs.registry import DELEGATED, STAGES
+
 # Nothing is ever fetched from a hub: models and data are local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-STAGES = {
-    # name: (module, function, file arguments)
-    "prepare-data": ("rosd.stages.data", "prepare_data", ["name", "split", "out"]),
-    "init-model": ("rosd.stages.data", "init_model", ["out"]),
-    "rollouts": ("rosd.stages.rollouts", "run_rollouts", ["model", "data", "out"]),
-    "grade": ("rosd.stages.rollouts", "run_grade", ["rollouts", "out"]),
-    "reflect": ("rosd.stages.reflect", "run_reflect", ["model", "graded", "out"]),
-    "teacher-score": ("rosd.stages.teacher", "run_teacher_score", ["teacher", "student", "reflections", "out"]),
-    "distill": ("rosd.stages.distill", "run_distill", ["model", "reflections", "teacher_scores", "out_model", "out_metrics"]),
-    "keep-checkpoint": ("rosd.training.checkpoints", "keep_checkpoint", ["checkpoint", "out"]),
-    "run-rounds": ("rosd.jobs.blocks", "run_rounds", ["model", "teacher", "data", "out_model", "out_metrics"]),
-    "evaluate": ("rosd.stages.evaluate", "run_evaluate", ["model", "data", "out_samples", "out_summary"]),
-    "evaluate-checkpoint": ("rosd.stages.evaluate", "run_evaluate_checkpoint", ["model", "data_dir", "out_dir"]),
-    "aggregate": ("rosd.reporting.aggregate", "write_tables", ["exp_dir", "out_dir"]),
-    "plots": ("rosd.reporting.plots", "write_plots", ["rounds", "evals", "comparison", "intervals", "paired", "localization_table", "quote_offsets_table", "out_dir", "out_page"]),
-}
-NO_SETTINGS = {"aggregate", "plots"}
-# The file arguments each stage reads (checked before the stage, and its imports, start).
-INPUTS = {
-    "rollouts": ["model", "data"],
-    "grade": ["rollouts"],
-    "reflect": ["model", "graded"],
-    "teacher-score": ["teacher", "student", "reflections"],
-    "distill": ["model", "reflections", "teacher_scores"],
-    "keep-checkpoint": ["checkpoint"],
-    "run-rounds": ["model", "teacher", "data"],
-    "evaluate": ["model", "data"],
-    "evaluate-checkpoint": ["model", "data_dir"],
-    "aggregate": ["exp_dir"],
-    "plots": ["rounds", "evals", "comparison", "intervals", "paired", "localization_table", "quote_offsets_table"],
-    "track": ["exp_dir"],
-}
 BAD_INPUT, BUG = 2, 1
-# The commands the `rosd` command hands to a stage worker when Snakemake started one (rosd/jobs/worker.py).
-DELEGATED = {*STAGES, "track"}
+# Started by Snakemake's onstart (rosd/jobs/worker.py), not by people: the stage worker serves
+# `rosd` commands in forks of this process.
+STAGE_WORKER = "stage-worker"
 
 
 class UsageError(Exception):
@@ -82,12 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rosd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", metavar="FILE", help="append this process's stderr to FILE; a failure's one-line reason also goes to the original stderr")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, _, files) in STAGES.items():
-        stage = sub.add_parser(name, help=f"pipeline stage {name}")
-        for arg in files:
-            stage.add_argument("--" + arg.replace("_", "-"), required=True)
-        if name not in NO_SETTINGS:
-            stage.add_argument("--settings", required=True, help="the stage's settings as a JSON object")
+    for name, stage in STAGES.items():
+        command = sub.add_parser(name, help=f"pipeline stage {name}")
+        for arg in stage.files:
+            command.add_argument("--" + arg.replace("_", "-"), required=True)
+        if stage.settings:
+            command.add_argument("--settings", required=True, help="the stage's settings as a JSON object")
     track = sub.add_parser("track", help="ingest an experiment's metrics into its MLflow store")
     track.add_argument("--exp-dir", required=True)
     track.add_argument("--config", required=True, help="the run's config as JSON")
@@ -115,8 +86,9 @@ def _json_object(text: str, option: str) -> dict:
     return value
 
 
-def _check_inputs(args) -> None:
-    for name in INPUTS.get(args.command, []):
+def _check_inputs(args, inputs) -> None:
+    """The file arguments a command reads must exist (checked before it, and its imports, start)."""
+    for name in inputs:
         path = getattr(args, name)
         if not os.path.exists(path):
             raise UsageError(f"--{name.replace('_', '-')} {path}: no such file or directory")
@@ -124,7 +96,7 @@ def _check_inputs(args) -> None:
 
 def _track(args) -> None:
     config = _json_object(args.config, "--config")
-    _check_inputs(args)
+    _check_inputs(args, ["exp_dir"])
     from rosd.io.files import write_json
     from rosd.reporting.tracking import ingest
 
@@ -309,15 +281,15 @@ def _run(args) -> None:
         return _track(args)
     if args.command == "compare":
         return _compare(args)
-    module_name, function_name, files = STAGES[args.command]
-    kwargs = {name: getattr(args, name) for name in files}
-    if args.command not in NO_SETTINGS:
+    stage = STAGES[args.command]
+    kwargs = {name: getattr(args, name) for name in stage.files}
+    if stage.settings:
         kwargs["settings"] = _json_object(args.settings, "--settings")
-    _check_inputs(args)
+    _check_inputs(args, stage.inputs)
     import importlib
 
-    function = getattr(importlib.import_module(module_name), function_name)
-    function(**kwargs)
+    module_name, function_name = stage.function.split(":")
+    getattr(importlib.import_module(module_name), function_name)(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
         if (status := worker.delegate(sys.argv[1:])) is not None:
             raise SystemExit(status)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [STAGE_WORKER]:  # before the lifeline and logging: the worker forks, with no thread
+        from rosd.jobs import worker
+
+        return worker.serve(argv[1], run=main)
     err = _Stderr()
     prog = _prog(argv)
     try:

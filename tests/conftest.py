@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from pipeline_run import run
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that reads a finished pipeline run is a pipeline test too."""
+    for item in items:
+        if "finished" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pipeline)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outside_the_pipeline_lane(request, monkeypatch):
+    """The fast lane (`pytest -m "not pipeline"`) starts no process: a test that does must carry the
+    ``pipeline`` marker, or it fails here instead of slowing the lane in silence."""
+    if request.node.get_closest_marker("pipeline") is None:
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args[0] if args else kwargs.get('args')!r}): mark it @pytest.mark.pipeline")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

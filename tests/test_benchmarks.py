@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -139,6 +139,7 @@ def _rosd(args, env=None):
     return subprocess.run([*ROSD, *args], capture_output=True, text=True, env=environ, timeout=60)
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("case", ["grade missing rollouts", "settings not JSON", "malformed JSONL line", "unknown subcommand"])
 def test_bad_input_as_a_process(case, files):
     argv, expected = CASES[case]
@@ -150,6 +151,7 @@ def test_bad_input_as_a_process(case, files):
     assert result.stdout == "" and _listing(files) == before
 
 
+@pytest.mark.pipeline
 def test_rosd_debug_shows_the_traceback(files):
     result = _rosd(["grade", "--rollouts", str(files / "bad.jsonl"), "--out", str(files / "o.jsonl"), "--settings", "{}"], env={"ROSD_DEBUG": "1"})
     assert result.returncode == 2
@@ -157,6 +159,7 @@ def test_rosd_debug_shows_the_traceback(files):
     assert result.stderr.splitlines()[-1].startswith(f"rosd grade: error: {files}/bad.jsonl:3: not a JSON line: Expecting value")
 
 
+@pytest.mark.pipeline
 def test_log_gets_stderr_and_the_reason_goes_to_both(files):
     log = files / "logs" / "grade.log"
     (log.parent).mkdir()
@@ -171,6 +174,7 @@ def test_log_gets_stderr_and_the_reason_goes_to_both(files):
     assert not (files / "o.jsonl").exists()
 
 
+@pytest.mark.pipeline
 def test_log_gets_what_children_write_to_fd_2(files):
     log = files / "child.log"
     result = _rosd(["--log", str(log), "with-gpu", "--count", "0", "--", "sh", "-c", "echo from-a-child >&2; echo out"])
@@ -178,6 +182,7 @@ def test_log_gets_what_children_write_to_fd_2(files):
     assert "from-a-child" in log.read_text()
 
 
+@pytest.mark.pipeline
 def test_log_argument_errors_and_stage_exit_messages_reach_both(files):
     log = files / "usage.log"
     result = _rosd(["--log", str(log), "grade", "--rollouts", str(files / "rows.jsonl")])
@@ -190,6 +195,7 @@ def test_log_argument_errors_and_stage_exit_messages_reach_both(files):
     assert "set ROSD_GPUS" in line and line in log.read_text()
 
 
+@pytest.mark.pipeline
 def test_log_a_bug_traceback_in_the_log_one_line_on_stderr(files):
     log = files / "bug.log"
     code = "import sys, rosd.cli as c\ndef bug(args): raise ZeroDivisionError('boom')\nc._check_inputs = bug\nc.main(sys.argv[1:])"
@@ -304,6 +310,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 
 @linux_only
+@pytest.mark.pipeline
 def test_job_dies_with_its_snakemake_and_writes_nothing(tmp_path):
     out, ready = tmp_path / "out.txt", tmp_path / "ready"
     with _job(tmp_path, f"{sys.executable} -c '{WRITER}' {out} {ready} 0.2") as (snakemake, bash, job, stderr):
@@ -322,6 +329,7 @@ def test_job_dies_with_its_snakemake_and_writes_nothing(tmp_path):
 
 
 @linux_only
+@pytest.mark.pipeline
 def test_job_checks_its_snakemake_before_the_rename(tmp_path):
     """With the poll too slow to notice, the check before the atomic rename stops the job."""
     out, ready = tmp_path / "out.txt", tmp_path / "ready"
@@ -338,6 +346,7 @@ def test_job_checks_its_snakemake_before_the_rename(tmp_path):
 
 
 @linux_only
+@pytest.mark.pipeline
 def test_rosd_command_waiting_for_a_gpu_dies_with_its_snakemake(tmp_path):
     """The real `rosd` command (waiting in `with-gpu` for a busy device) stops within seconds."""
     pool, out = tmp_path / "pool", tmp_path / "out.txt"
@@ -359,6 +368,7 @@ def test_rosd_command_waiting_for_a_gpu_dies_with_its_snakemake(tmp_path):
 
 
 @linux_only
+@pytest.mark.pipeline
 def test_job_dies_with_its_shell(tmp_path):
     """PR_SET_PDEATHSIG: the job's bash killed (its snakemake alive), the job gets SIGTERM."""
     out, ready = tmp_path / "out.txt", tmp_path / "ready"
@@ -377,6 +387,7 @@ def test_job_dies_with_its_shell(tmp_path):
 
 
 @linux_only
+@pytest.mark.pipeline
 def test_a_job_that_starts_after_its_snakemake_died_writes_nothing(files):
     """A job started just before Snakemake was killed is re-parented before its lifeline looks at its
     ancestry; the Snakefile's ROSD_SNAKEMAKE (pid and start time) still names its Snakemake."""

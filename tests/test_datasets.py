@@ -1,5 +1,5 @@
 """Real benchmarks through rosd.evaluation.datasets (every row via Hugging Face datasets.load_dataset), graded
-by rosd.evaluation.grading (SPEC §4), and the one-line DataError for each kind of bad data.
+by rosd.evaluation.grading (docs/fidelity.md, Verifiers), and the one-line DataError for each kind of bad data.
 
 The real files live in ../shared/data (beside the checkout, never copied into it); tests that need
 them skip, with the reason, where they are absent. datasets' cache is a temporary directory here,
@@ -144,7 +144,7 @@ def test_tooluse_gold_calls_grade_one_and_broken_calls_zero(load_calls):
     changed_arguments, unsolvable_under_reference = 0, 0
     for task in tasks:
         calls = json.loads(task["answer"])
-        # SPEC §4: the reference's non-greedy {.*?} cannot read a nested input object
+        # docs/fidelity.md, Verifiers: the reference's non-greedy {.*?} cannot read a nested input object
         unsolvable_under_reference += score("tooluse", react_response(calls), task["answer"]) == 0.0
         assert lenient("tooluse", react_response(calls), task["answer"]) == 1.0
         assert lenient("tooluse", react_response(calls[:-1]), task["answer"]) == 0.0  # a missing action
@@ -260,6 +260,7 @@ def test_offline_hub_names_fail_at_once_with_one_line(monkeypatch, tmp_path):
         assert name in message and hint in message and "HF_HUB_OFFLINE" in message and "\n" not in message
 
 
+@pytest.mark.pipeline
 def test_offline_hub_name_through_the_rosd_command(tmp_path):
     """The rosd command turns the hub off by default: one line on stderr, a failed exit, no retries."""
     settings = {"source": "world", "train_size": 1, "test_size": 1, "seed": 0,
@@ -305,6 +306,7 @@ def test_local_model_directory_is_linked_not_copied(tmp_path):
 
 
 @needs_shared
+@pytest.mark.pipeline
 def test_prepare_data_rule_writes_a_sciknoweval_benchmark(tmp_path):
     overlay = tmp_path / "sciknoweval.yaml"
     overlay.write_text(json.dumps({"data": {"datasets": {"sciknoweval_physics": {

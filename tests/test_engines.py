@@ -239,6 +239,7 @@ def test_processors_that_would_run_before_the_recorder_are_named(model_dir):
     assert processors_before_recorder(GenerationConfig(repetition_penalty=1.1, min_new_tokens=4)) == ["repetition_penalty", "min_new_tokens"]
 
 
+@pytest.mark.pipeline
 def test_generation_memory_benchmark_smoke(tmp_path):
     """benchmarks/generation_memory.py --smoke: both paths run, each in its own process, and agree;
     the numbers mean nothing at these shapes."""

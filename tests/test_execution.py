@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 GPU_RULES = ("rollouts", "reflect", "teacher_score", "distill", "evaluate")

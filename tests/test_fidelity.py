@@ -138,3 +138,102 @@ def test_evaluation_schedule_every_n_steps_and_the_last():
     assert evaluation_rounds(5, 4, 10) == [5]  # steps 4, 8, 12, 16, 20: only round 5 ends on a multiple of 10
     assert evaluation_rounds(25, 1, None) == [25]
     assert evaluation_rounds(3, 1, 1) == [1, 2, 3]
+
+
+def test_grpo_warm_up_advances_once_per_training_step():
+    # ref fsdp_workers.update_actor: the lr scheduler steps once per training step, after all of its
+    # mini-batch updates; warm-up 10 steps of lr 1e-6: step 1 at 0, step 2 at 1e-7, step 11 on at 1e-6.
+    assert [warmup_lr(1e-6, step, 10) for step in (0, 1, 10)] == [0.0, 1e-6 / 10, 1e-6]
+
+
+def test_micro_batches_are_formed_in_row_order():
+    """rosd pairs rows in file (group, then sample) order; the reference's balance_batch reorders
+    first (docs/fidelity.md, known departures): this pins rosd's order."""
+    rows = [{"i": i, "distilled": True, "response_ids": [1], "loss_start": 0} for i in range(7)]
+    chunks, divisor = loss_micro_batches([(r, None) for r in rows], 2, "reference")
+    assert [[r["i"] for r, _ in chunk] for chunk in chunks] == [[0, 1], [2, 3], [4, 5], [6]] and divisor == 4
+
+
+def test_a_non_finite_gradient_norm_skips_the_update():
+    """ref dp_actor.py: if not torch.isfinite(grad_norm): zero_grad and no optimizer step."""
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()  # AdamW state to keep
+    weights = [p.detach().clone() for p in model.parameters()]
+    states = [{k: v.clone() for k, v in optimizer.state[p].items()} for p in model.parameters()]
+
+    class Runtime:
+        world_size = 1
+
+        def __init__(self, loss):
+            self.loss = loss
+
+        def shard(self, chunks):
+            return [(chunk, 1.0) for chunk in chunks]
+
+        def forward(self, fn, rows, targets, settings):
+            per_token = model(torch.ones(1, 3)).reshape(1) * self.loss
+            return per_token, torch.ones(1), torch.ones(1)
+
+        def parameters(self):
+            return model.parameters()
+
+        def clip_grad_norm(self, max_norm):
+            return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+
+        def total(self, value):
+            return value
+
+    rows = [{"distilled": True, "response_ids": [1], "loss_start": 0}]
+    train = {"lr": 1e-2, "warmup_steps": 0, "micro_batch": 2, "reduction": "reference", "grad_clip": 1.0}
+    settings = {"train": train}
+    result = train_step(model, optimizer, rows, None, settings=settings, global_step=5, runtime=Runtime(float("nan")))
+    assert result["skipped"] and not torch.isfinite(torch.tensor(result["grad_norm"]))
+    for p, old, state in zip(model.parameters(), weights, states):
+        assert torch.equal(p.detach(), old) and p.grad is None
+        assert optimizer.state[p].keys() == state.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(optimizer.state[p][key], value) for key, value in state.items())  # moments and step count
+    result = train_step(model, optimizer, rows, None, settings=settings, global_step=5, runtime=Runtime(1.0))
+    assert not result["skipped"]
+    assert all(not torch.equal(p.detach(), old) for p, old in zip(model.parameters(), weights))
+
+
+def _opsd() -> dict:
+    from rosd.method.presets import resolve
+
+    config = {"loss": {"support": "topk_tail", "topk": 100, "alpha": 0.5},
+              "train": {"temperature": 1.0, "top_p": 1.0, "top_k": None, "group_filter": "zero_variance", "skip_no_success": True}}
+    return resolve(config, "opsd")
+
+
+def test_opsd_preset_clips_entries_and_samples_as_opsd():
+    # OPSD opsd_trainer.py: forward KL (alpha 0) over the vocabulary, each entry clipped at 0.05;
+    # its generation: T 1.1, top_p 0.95, top_k 20.
+    opsd = _opsd()
+    assert opsd["loss"] == {"support": "full", "topk": 100, "alpha": 0.0, "entry_clip": 0.05}
+    assert {key: opsd["train"][key] for key in ("temperature", "top_p", "top_k")} == {"temperature": 1.1, "top_p": 0.95, "top_k": 20}
+
+
+def test_opsd_distills_every_rollout_whatever_its_reward(tokenizer):
+    """OPSD: no group filter and no reward gating; every rollout's teacher reads the reference solution."""
+    opsd = _opsd()
+    task = {"prompt": "Compute 3 + 5.", "answer": "8", "kind": "math", "solution": "3 + 5 = 8"}
+    rewards = {0: (1.0, 1.0), 1: (0.0, 0.0), 2: (1.0, 0.0)}  # all right, all wrong, mixed
+    rows = [{"group": g, "response": "3 + 5 = 8", "reward": r, "task": task} for g, pair in rewards.items() for r in pair]
+    mark_groups(rows, group_filter=opsd["train"]["group_filter"], skip_no_success=opsd["train"]["skip_no_success"])
+    settings = {"method": {"teacher_context": opsd["teacher_context"]}, "train": {"teacher_prompt_max_tokens": None}, "enable_thinking": False}
+    for row in rows:
+        teacher_prompt(tokenizer, row, settings)
+    assert all(r["in_loss"] and r["distilled"] for r in rows)
+
+
+def test_opsd_teacher_has_no_closing_line_of_its_own():
+    """OPSD appends "Please reason step by step, and put your final answer within \\boxed{}."; rosd does
+    not (every task prompt ends with its own answer-format instruction): the teacher's user turn ends
+    with OPSD's transition prompt."""
+    from rosd.method.prompts import teacher_messages
+
+    task = {"prompt": "Which is a noble gas?\nA. N\nB. Ne\nAnswer with <answer>X</answer>.", "answer": "B", "kind": "mcq"}
+    user = teacher_messages(task, solution="Neon is.", reflection=None, wording="opsd")[-1]["content"]
+    assert user.endswith("if something doesn't work out:\n") and "boxed" not in user

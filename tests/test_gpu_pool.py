@@ -19,6 +19,8 @@ import pytest
 
 from rosd.jobs.gpu_pool import try_acquire
 
+pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
+
 RECORD = """import json, os, sys, time
 start = time.time()
 time.sleep(1.0)

@@ -1,4 +1,4 @@
-"""Verifiers (SPEC §4): the reference's readings by default, the lenient ones behind ``mode``.
+"""Verifiers (docs/method.md, "Verifiers"): the reference's readings by default, the lenient ones behind ``mode``.
 
 Expected values are worked out by hand from the reference verifiers
 (``verl/utils/reward_score/feedback/{mcq,tooluse,math}.py``). Math cases here are decided without
@@ -156,7 +156,7 @@ def test_bad_tool_gold_is_a_one_line_value_error(gold, message, modes):
 
 
 def _reference_tool_calls(text):
-    """SPEC §4's definition of the reference reading, by its regexes."""
+    """The reference reading as docs/method.md, "Verifiers" defines it, by its regexes."""
     merged = {}
     for block in re.findall(r"Action Input:\s*({.*?})", text, re.DOTALL):
         try:

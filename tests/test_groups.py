@@ -1,4 +1,4 @@
-"""Group filter, sibling solutions and GRPO advantages (SPEC §1.3-1.4)."""
+"""Group filter, sibling solutions and GRPO advantages (docs/method.md, "Groups")."""
 
 import pytest
 

@@ -54,6 +54,7 @@ def test_each_attempt_writes_to_its_own_name(tmp_path):
     assert _partials(tmp_path) == []
 
 
+@pytest.mark.pipeline
 def test_leftovers_of_dead_attempts_are_removed(tmp_path):
     legacy = tmp_path / ".ckpt.partial"  # the fixed name of earlier versions
     legacy.mkdir()
@@ -88,6 +89,7 @@ def test_partials_of_live_attempts_are_kept(tmp_path):
     assert mine.exists()
 
 
+@pytest.mark.pipeline
 def test_a_killed_attempt_leaves_nothing_for_long(tmp_path):
     target = tmp_path / "out.txt"
     writer = subprocess.Popen(

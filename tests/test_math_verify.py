@@ -1,4 +1,4 @@
-"""Math grading (SPEC §4): the boxed answer compared as a string, then math-verify in worker processes
+"""Math grading (docs/method.md, "Verifiers"): the boxed answer compared as a string, then math-verify in worker processes
 whose hangs and crashes cost one sample, never the run. Reference: the last box of the last 100
 characters, math-verify on the bare strings; lenient: the last complete box, re-boxed strings."""
 
@@ -83,6 +83,7 @@ for line in sys.stdin:
 """
 
 
+@pytest.mark.pipeline
 def test_outer_deadline_kills_hung_and_crashed_workers_and_keeps_the_rest():
     pool = CheckPool(command=[sys.executable, "-c", MISBEHAVING_WORKER], workers=2)
     try:
@@ -95,6 +96,7 @@ def test_outer_deadline_kills_hung_and_crashed_workers_and_keeps_the_rest():
         pool.close()
 
 
+@pytest.mark.pipeline
 def test_workers_forked_from_a_process_with_math_verify_answer_like_started_ones():
     """This process has math-verify imported (importorskip above), as a fork of the stage worker
     does: its default pool forks its workers. A pool given a command starts them as processes."""

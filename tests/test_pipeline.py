@@ -21,6 +21,8 @@ from pipeline_run import (
     snakemake_command,
 )
 
+pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
+
 
 def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
     exp = finished / EXP

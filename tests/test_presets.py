@@ -34,6 +34,8 @@ def test_paper_presets_use_the_reference_budgets(preset):
     assert config["reflection"]["max_new_tokens"] == 8192 and config["reflection"]["prompt_max_tokens"] == 2048
     assert config["train"]["reduction"] == "reference" and config["train"]["teacher_prompt_max_tokens"] == 10240
     assert config["evaluation"]["every_steps"] == 10
+    assert config["train"]["steps_per_round"] == 1  # exactly on-policy, as the reference
+    assert config["data"]["max_prompt_tokens"] == 2048  # ref filter_overlong_prompts, max_prompt_length
     assert config["grading"]["mode"] == "reference"
 
 
@@ -59,6 +61,7 @@ def _dry_run(tmp_path, overlay: dict) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True)
 
 
+@pytest.mark.pipeline
 def test_opsd_on_a_target_without_solutions_is_refused(tmp_path):
     overlay = {"methods": ["base", "opsd"], "targets": ["physics"], "benchmarks": ["physics"],
                "data": {"datasets": {"physics": {"adapter": "sciknoweval", "domain": "physics", "path": str(SHARED / "sciknoweval")}}}}
@@ -68,6 +71,7 @@ def test_opsd_on_a_target_without_solutions_is_refused(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.pipeline
 def test_rounds_by_epochs_are_counted_before_any_job(tmp_path):
     result = _dry_run(tmp_path, {"methods": ["base", "rosd"], "rounds": {"math": {"epochs": 2}}, "data": {"train_size": 12}})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The reflector's and the teacher's prompts are the reference's run-time templates (SPEC §1.5-1.6):
+"""The reflector's and the teacher's prompts are the reference's run-time templates (docs/method.md, "Reflection" and "Teacher prompt"):
 the strings below are written out by hand from its Hydra config (verl/trainer/config/actor/actor.yaml,
 `self_distillation:`) and ray_trainer.py's _build_teacher_message."""
 

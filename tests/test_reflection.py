@@ -1,4 +1,4 @@
-"""Reflection parsing and the quote -> first-loss-token mapping (SPEC §1.5, §1.7)."""
+"""Reflection parsing and the quote -> first-loss-token mapping (docs/method.md, "Reflection" and "Token mask")."""
 
 from pathlib import Path
 

@@ -28,6 +28,8 @@ from rosd.cli import main as rosd_main
 from rosd.reporting.plots import with_base_as_round_zero
 from rosd.reporting.tracking import reflection_sample, tracking_uri
 
+pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
+
 # Only the last round evaluated: the learning curves have θ0 and round 2.
 OVERLAY = {"methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None}}
 PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png", "quote_offsets.png", "paired.png"]

@@ -24,6 +24,8 @@ from pipeline_run import (
 
 from rosd.jobs.planning import round_blocks
 
+pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
+
 
 def test_blocks_end_at_every_evaluated_round_and_hold_at_most_n_rounds():
     assert round_blocks(25, [10, 20, 25], 10) == [(1, 10), (11, 20), (21, 25)]

@@ -39,7 +39,7 @@ def missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+pytestmark = [pytest.mark.pipeline, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""Split equals fused (SPEC §2): the stages' files change nothing about the computation.
+"""Split equals fused (docs/method.md, "Teacher scoring"): the stages' files change nothing about the computation.
 
 (a) With ``steps_per_round: 1``, the loss computed from the teacher-scoring stage's file equals the
-    loss computed in one process, with both models live, by a direct implementation of SPEC §1.8.
+    loss computed in one process, with both models live, by a direct implementation of docs/method.md, "Loss".
 (b) Three rounds through files (checkpoint with optimizer state and step in between) end with the
     same weights as three optimizer steps in one process on the same rollouts.
 """
@@ -44,7 +44,7 @@ def settings(round_index=1):
 
 
 def fused_loss(student, teacher, rows) -> torch.Tensor:
-    """SPEC §1.8 written out directly: full forward of both models, student top-k + tail, JSD,
+    """The loss of docs/method.md, "Loss", written out directly: full forward of both models, student top-k + tail, JSD,
     truncated importance weight, token mean per micro-batch of 2, averaged over micro-batches."""
     from rosd.method.losses import add_tail, generalized_jsd
 

@@ -195,6 +195,7 @@ def test_sharded_training_started_alone_is_one_clear_error(theta0, files, tmp_pa
         rounds(theta0, files, tmp_path, 1, launcher="accelerate", num_processes=2)
 
 
+@pytest.mark.pipeline
 def test_two_sharded_processes_train_sdpo_like_one(theta0, files, tmp_path):
     """FSDP2 over two CPU processes (gloo): round 2 resumes the sharded AdamW state and the EMA teacher."""
     single = rounds(theta0, files, tmp_path / "single", 2, method=SDPO)
@@ -216,6 +217,7 @@ def test_two_sharded_processes_train_sdpo_like_one(theta0, files, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install 'rosd[train]'")
+@pytest.mark.pipeline
 def test_two_sharded_processes_train_lora_like_one(theta0, files, tmp_path):
     single = rounds(theta0, files, tmp_path / "single", 2, lora=LORA)
     split = rounds(theta0, files, tmp_path / "two", 2, lora=LORA, command=TORCHRUN, launcher="accelerate", num_processes=2)
@@ -250,12 +252,89 @@ def test_grpo_round_takes_its_mini_batch_updates(theta0, files, tmp_path):
     rollouts in 3 mini-batch updates (4 requested), and the weights moved."""
     out = _grpo_round(theta0, files, tmp_path / "one")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["optimizer_steps"] == 3 and metrics["step"] == 3
+    assert metrics["optimizer_steps"] == 3 and metrics["step"] == 1  # 3 updates of one training step
+    assert metrics["nonfinite_grad_steps"] == 0 and "train_prompts_dropped" not in metrics
     moved = [not torch.equal(a, b) for a, b in zip(load_model(theta0).parameters(), load_model(str(out / "ckpt")).parameters())]
     assert any(moved)
 
-    # the same round on two sharded processes: the old policy's log-probs come from sharded forwards
+
+@pytest.mark.pipeline
+def test_two_sharded_processes_train_grpo_like_one(theta0, files, tmp_path):
+    """The same round on two sharded processes: the old policy's log-probs come from sharded forwards."""
+    out = _grpo_round(theta0, files, tmp_path / "one")
+    metrics = json.loads((out / "metrics.json").read_text())
     split = _grpo_round(theta0, files, tmp_path / "two", command=TORCHRUN, launcher="accelerate", num_processes=2)
     assert_trained_alike(out / "ckpt", split / "ckpt", lr=1e-3)
     two = json.loads((split / "metrics.json").read_text())
     assert two["loss"] == pytest.approx(metrics["loss"], rel=1e-5, abs=1e-7)
+
+
+def test_grpo_updates_of_a_step_share_its_warm_up_lr(theta0, files, tmp_path, monkeypatch):
+    """ref fsdp_workers.update_actor: the lr scheduler steps once per training step. Two steps of 8
+    rollouts, 4 mini-batch updates each, warm-up 10 at lr 1e-3: step 1's updates all at 0, step 2's
+    all at 1e-3 / 10; the checkpoint's global step counts 2 steps, not 8 updates."""
+    import rosd.stages.distill as distill_stage
+
+    base = read_jsonl(files[0])
+    rows = []
+    for step in range(2):
+        for group, members in enumerate((base, base[:3])):
+            rows += [{**row, "step": step, "group": 2 * step + group} for row in members]
+    write_jsonl(tmp_path / "reflections.jsonl", rows)
+    torch.save({"targets": []}, tmp_path / "teacher.pt")
+    seen = []
+
+    def recording(*args, global_step, **kwargs):
+        result = train_step(*args, global_step=global_step, **kwargs)
+        seen.append((global_step, result["lr"]))
+        return result
+
+    monkeypatch.setattr(distill_stage, "train_step", recording)
+    grpo = _grpo_settings(PRESETS["grpo"])
+    run_distill(model=theta0, reflections=str(tmp_path / "reflections.jsonl"), teacher_scores=str(tmp_path / "teacher.pt"),
+                out_model=str(tmp_path / "ckpt"), out_metrics=str(tmp_path / "metrics.json"),
+                settings={**grpo, "train": {**grpo["train"], "warmup_steps": 10, "steps_per_round": 2}})
+    assert seen == [(0, 0.0)] * 4 + [(1, 1e-3 / 10)] * 4
+    assert torch.load(tmp_path / "ckpt" / TRAINER_STATE, weights_only=True)["global_step"] == 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step"] == 2 and metrics["optimizer_steps"] == 8
+
+
+def test_a_round_counts_its_non_finite_gradient_steps(theta0, files, tmp_path):
+    """A NaN teacher target makes the loss and gradient norm NaN: the update is skipped (the
+    checkpoint holds θ0's weights and no AdamW state) and counted in the round's metrics."""
+    targets = torch.load(files[1], weights_only=True)["targets"]
+    targets[0]["teacher_logp"] = torch.full_like(targets[0]["teacher_logp"], float("nan"))
+    torch.save({"targets": targets}, tmp_path / "nan.pt")
+    for name, scores, count in (("nan", tmp_path / "nan.pt", 1), ("finite", files[1], 0)):
+        run_distill(model=theta0, reflections=str(files[0]), teacher_scores=str(scores), out_model=str(tmp_path / name),
+                    out_metrics=str(tmp_path / f"{name}.json"), settings=settings(warmup_steps=0))
+        metrics = json.loads((tmp_path / f"{name}.json").read_text())
+        assert metrics["nonfinite_grad_steps"] == count and metrics["step"] == 1
+        state = torch.load(tmp_path / name / TRAINER_STATE, weights_only=True)["optimizer"]["state"]
+        moved = [not torch.equal(a, b) for a, b in zip(load_model(theta0).parameters(), load_model(str(tmp_path / name)).parameters())]
+        assert (len(state) == 0 and not any(moved)) if count else (len(state) > 0 and any(moved))
+
+
+def test_topk_support_is_the_starting_checkpoints_float32_top_k(theta0, files):
+    """The student's top-k support is computed in the teacher stage from the round's starting
+    checkpoint with float32 log-softmax (the reference: in the training forward, in bf16), and the
+    distill stage takes it from the teacher targets as they are."""
+    from rosd.method.objective import micro_batch_terms
+    from rosd.method.scoring import response_logps
+
+    rows, targets = read_jsonl(files[0]), torch.load(files[1], weights_only=True)["targets"]
+    student = load_model(theta0).eval()
+    for row, target in zip(rows, targets):
+        logp, _ = response_logps(student, [row["prompt_ids"]], [row["response_ids"]], temperature=1.0, pad_id=0)
+        top = logp[0].topk(METHOD["loss"]["topk"], dim=-1).values
+        assert torch.allclose(logp[0].gather(-1, target["support"].long()), top, atol=1e-5)  # ties may swap ids, not values
+    bf16 = load_model(theta0, dtype="bfloat16").eval()
+    logp, _ = response_logps(bf16, [rows[0]["prompt_ids"]], [rows[0]["response_ids"]], temperature=1.0, pad_id=0)
+    assert logp.dtype == torch.float32  # bf16 weights, float32 log-softmax
+    full = {**settings(), "pad_id": 0}
+    with torch.no_grad():
+        given, *_ = micro_batch_terms(student, rows[:1], targets[:1], settings=full)
+        other = [{**targets[0], "support": targets[0]["support"].flip(-1)}]  # the same ids, another order
+        moved, *_ = micro_batch_terms(student, rows[:1], other, settings=full)
+    assert not torch.allclose(given, moved)

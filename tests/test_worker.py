@@ -16,6 +16,8 @@ from pipeline_run import EXP, environment, run, shell_command
 
 from rosd.jobs import worker
 
+pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
+
 ROUND1 = EXP / "runs" / "rosd" / "math" / "seed0" / "round1"
 BAD_SETTINGS = ["prepare-data", "--name", "math", "--split", "test", "--out", "x.jsonl", "--settings", "{bad"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class Sample:
     """One sampled response: its token ids (the end-of-turn token included when produced), the
     decoded text (special tokens removed), and the sampler's log-probability of each sampled token
-    (for the truncated importance weight of SPEC §1.8)."""
+    (for the truncated importance weight of docs/method.md, "Loss")."""
 
     ids: list[int]
     text: str

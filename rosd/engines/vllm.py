@@ -1,7 +1,7 @@
 """vLLM offline generation (GPU) behind the same interface as the HF backend.
 
 Prompts arrive as token ids with the chat template already applied (``enable_thinking`` included),
-so vLLM never renders a template itself: student, reflector and teacher keep one template (SPEC §6).
+so vLLM never renders a template itself: student, reflector and teacher keep one template (docs/method.md, "Pitfalls").
 vLLM is imported here only, and this module only when ``generation.backend`` is ``vllm``.
 """
 
@@ -51,7 +51,7 @@ class VLLMEngine:
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
             # The sampled token's log-prob after temperature (what the trainer recomputes for the
-            # importance weight of SPEC §1.8), not the raw model's.
+            # importance weight, docs/method.md "Loss"), not the raw model's.
             logprobs_mode="processed_logprobs",
         )
 
@@ -82,7 +82,7 @@ class VLLMEngine:
                 logprobs=0,
                 stop_token_ids=[eos],
                 # Text is decoded below by the same tokenizer as the HF backend, so the quote-to-token
-                # mapping (SPEC §1.7) sees the same text for the same ids on either backend.
+                # mapping (docs/method.md, "Token mask") sees the same text for the same ids on either backend.
                 detokenize=False,
             )
             for index in range(len(prompts))

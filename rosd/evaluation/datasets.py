@@ -1,4 +1,4 @@
-"""Real benchmarks as the pipeline's task records (SPEC §4).
+"""Real benchmarks as the pipeline's task records (docs/method.md, "Evaluation").
 
 Every adapter returns the record the embedded world produces (rosd/world/tasks.py)::
 
@@ -37,7 +37,8 @@ MATH_INSTRUCTION = "Please reason step by step, and put your final answer within
 
 # SciKnowEval as the reference prepares it: level-3 multiple choice (2 or 4 options), one domain,
 # options as "A: ...", one system prompt for both option counts, and a 90/10 split with seed 42
-# (numpy's permutation, as datasets' train_test_split draws it), which reproduces ../shared/data.
+# (numpy's permutation, as datasets' train_test_split draws it), which reproduces the reference's
+# prepared files row for row.
 SCIKNOWEVAL_SYSTEM = (
     "\nGiven a question and four options, please select the right answer. Respond in the following format:\n"
     "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n\n"
@@ -376,7 +377,7 @@ def _sciknoweval_raw(rows: Rows, domain: str) -> list[tuple[int, dict]]:
 
 def _sciknoweval(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
     """One SciKnowEval domain. A local directory holds the reference's prepared rows
-    (``<path>/<domain>/<split>.jsonl``, as in ../shared/data), taken as they are; a local file or
+    (``<path>/<domain>/<split>.jsonl``, as the reference writes them), taken as they are; a local file or
     the hub holds raw SciKnowEval rows, filtered, formatted and split here as the reference does
     (a prepared file given directly is taken as it is, for whichever split names it)."""
     domain = spec.get("domain")

@@ -1,8 +1,9 @@
-"""Verifiers: one score per (kind, response, answer), 1.0 or 0.0 (SPEC §4).
+"""Verifiers: one score per (kind, response, answer), 1.0 or 0.0 (docs/method.md, "Verifiers").
 
 Two readings, chosen by ``mode``. ``"reference"`` (the default) grades exactly as the reference
 verifiers do (``verl/utils/reward_score/feedback/{mcq,tooluse,math}.py``), on which the paper's
-numbers rest; ``"lenient"`` is this project's earlier, more forgiving reading. They differ in:
+numbers rest; ``"lenient"`` is a more forgiving reading, for answers the reference's regexes miss
+(nested tool inputs, whole-line action names, a box outside the last 100 characters). They differ in:
 
 ============  ==========================================  ==========================================
 switch        reference (default)                         lenient

@@ -1,4 +1,4 @@
-"""Math answer equivalence by math-verify, in worker processes with a deadline (SPEC §4).
+"""Math answer equivalence by math-verify, in worker processes with a deadline (docs/method.md, "Verifiers").
 
 math-verify bounds its own parsing and comparison with ``signal.alarm``, which works only in a
 process's main thread, and some inputs (a huge power tower, a factorial of a power) make sympy spin

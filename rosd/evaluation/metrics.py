@@ -1,4 +1,4 @@
-"""Evaluation metrics over per-sample correctness (SPEC §4): mean@k, unbiased pass@k, maj@k.
+"""Evaluation metrics over per-sample correctness (docs/method.md, "Metrics"): mean@k, unbiased pass@k, maj@k.
 
 Pure Python on purpose: the aggregate and tracking stages import this without torch, and every
 metric can be recomputed from the per-sample records the evaluate stage keeps on disk.

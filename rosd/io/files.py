@@ -98,7 +98,9 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     """Remove what dead attempts at writing ``path`` left beside it; returns what was removed."""
     path = Path(path)
     removed = []
-    legacy = path.with_name(f".{path.name}{_SUFFIX}")  # the fixed name earlier versions used
+    # A partial under the plain name, without an attempt id: results directories written by
+    # versions of rosd without per-attempt names may still hold one.
+    legacy = path.with_name(f".{path.name}{_SUFFIX}")
     if legacy.exists() or legacy.is_symlink():
         _remove(legacy)
         removed.append(legacy)

@@ -131,3 +131,26 @@ def _model_dir_problem(path: Path) -> str | None:
     if not tokenizer("a b", add_special_tokens=False)["input_ids"]:
         return "its tokenizer does not load: no tokenizer files (tokenizer.json or vocabulary) in the directory"
     return None
+
+
+def check_runnable(config: dict) -> None:
+    """Raise ConfigError when a trained method's resolved settings are ones the trainer cannot run,
+    or a method that reads the dataset's reference solution meets a target that has none."""
+    from rosd.evaluation.datasets import ADAPTERS_WITHOUT_SOLUTIONS
+    from rosd.method.presets import resolve, trains, unsupported
+
+    for method in config["methods"]:
+        settings = resolve(config, method)
+        if not trains(settings):
+            continue
+        if problem := unsupported(settings, settings["train"]):
+            raise ConfigError(f"config error: {problem}")
+        if settings["teacher_context"] != "reference":
+            continue
+        for target in config["targets"]:
+            adapter = config["data"]["datasets"].get(target, {}).get("adapter")
+            if adapter in ADAPTERS_WITHOUT_SOLUTIONS:
+                raise ConfigError(
+                    f"config error: method {method} reads the dataset's reference solution, and target {target}"
+                    f" ({adapter}) has none; drop {method} or the target (sdpo uses a sibling rollout instead)"
+                )

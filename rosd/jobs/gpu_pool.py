@@ -1,4 +1,4 @@
-"""Give each GPU job of a local run its own device(s) (SPEC §3: Snakemake only counts GPU jobs).
+"""Give each GPU job of a local run its own device(s) (docs/gpu_slurm.md, "GPUs per job": Snakemake only counts GPU jobs).
 
 With ``ROSD_GPUS=0,1,2,3`` set, the GPU rules run their command as
 ``rosd with-gpu --count N -- <command>``. That locks N free slot files of the pool, one file per

@@ -1,4 +1,4 @@
-"""Training budgets at plan time (SPEC §1.9): how many rounds a run on a target gets.
+"""Training budgets at plan time (docs/method.md, "Update"): how many rounds a run on a target gets.
 
 The reference trains a fixed number of epochs over the target's train split (10; 5 for tool use),
 one optimizer step per batch of 32 prompts: ⌊train rows / 32⌋ steps per epoch, so biology gets
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from rosd.jobs.config import ConfigError
 
 
 def planned_steps(train_rows: int, batch_prompts: int, epochs: int) -> int:
@@ -62,3 +64,31 @@ def round_blocks(rounds: int, evaluated: list[int], rounds_per_job: int) -> list
             blocks.append((first, last))
             first = last + 1
     return blocks
+
+
+def train_rows(config: dict, target: str) -> int:
+    """Rows of a target's train split, known before any job: the world's train_size, or a local file."""
+    spec = config["data"]["datasets"].get(target)
+    if spec is None:
+        return config["data"]["train_size"]
+    if not spec.get("path"):
+        raise ConfigError(
+            f"config error: rounds.{target} = {{epochs: ...}} needs data.datasets.{target}.path to count its rows; give its number of rounds instead"
+        )
+    try:
+        return local_train_rows(spec["path"], spec.get("train_split", "train"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"config error: rounds.{target}: cannot count the train split: {error}") from None
+
+
+def rounds_of(config: dict, target: str) -> int:
+    """The number of rounds of a run on ``target``: one for all, the target's own, or its epochs."""
+    rounds, train = config["rounds"], config["train"]
+    if isinstance(rounds, int):
+        return rounds
+    if target not in rounds:
+        raise ConfigError(f"config error: rounds has no entry for target {target!r}: give every target its rounds, or one number")
+    if isinstance(rounds[target], int):
+        return rounds[target]
+    steps = planned_steps(train_rows(config, target), train["batch_prompts"], rounds[target]["epochs"])
+    return rounds_for(steps, train["steps_per_round"])

@@ -105,13 +105,13 @@ def warm_up() -> dict:
 
     import transformers.generation.utils  # noqa: F401  (what `generate` imports on its first call)
 
-    from rosd import cli  # noqa: F401
+    from rosd.jobs.registry import STAGES
     from rosd.models.loading import load_model, load_tokenizer
-    from rosd.reporting import tracking  # noqa: F401
     from rosd.world import THETA0_DIR
 
-    for module in (*(module for module, _, _ in cli.STAGES.values()), "math_verify"):
-        importlib.import_module(module)  # math_verify: the grade stage's check workers fork from it
+    # rosd.reporting.tracking: the track command's; math_verify: the grade stage's check workers fork from it
+    for module in (*(stage.module for stage in STAGES.values()), "rosd.reporting.tracking", "math_verify"):
+        importlib.import_module(module)
     load_tokenizer(THETA0_DIR)
     load_model(THETA0_DIR)
     return fresh
@@ -131,8 +131,9 @@ def _import_architectures(argv: list[str]) -> None:
                 pass
 
 
-def _run_fork(request: dict, fds: list[int], fresh: dict, worker_fds: list[int]) -> None:
-    """In the fork: become the job (its fds, directory, environment, threads) and run its command."""
+def _run_fork(request: dict, fds: list[int], fresh: dict, worker_fds: list[int], run) -> None:
+    """In the fork: become the job (its fds, directory, environment, threads) and run its command
+    with ``run`` (the `rosd` command's main)."""
     code = 1
     try:
         from rosd.io import lifeline
@@ -158,10 +159,8 @@ def _run_fork(request: dict, fds: list[int], fresh: dict, worker_fds: list[int])
         import numpy
 
         numpy.random.seed()  # a fresh process's numpy state is its own, never a sibling's
-        from rosd.cli import main
-
         try:
-            main(request["argv"])
+            run(request["argv"])
             code = 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
@@ -188,8 +187,10 @@ class _Job:
         self.killed_at: float | None = None
 
 
-def serve(path: str) -> None:
-    """Listen on ``path`` until SIGTERM or until the process that started the worker is gone."""
+def serve(path: str, run) -> None:
+    """Listen on ``path`` until SIGTERM or until the process that started the worker is gone; each
+    request runs as ``run(argv)`` in a fork (``run`` is the `rosd` command's main, which starts the
+    worker as ``rosd stage-worker SOCKET``)."""
     owner = os.getppid()
     fresh = warm_up()
     stopping = []
@@ -208,7 +209,7 @@ def serve(path: str) -> None:
             for key, _ in selector.select(TICK_SECONDS):
                 if key.fileobj is listener:
                     worker_fds = [listener.fileno(), selector.fileno(), *(j.conn.fileno() for j in jobs.values())]
-                    if (job := _accept(listener, fresh, worker_fds)) is not None:
+                    if (job := _accept(listener, fresh, worker_fds, run)) is not None:
                         jobs[job.pid] = job
                         selector.register(job.conn, selectors.EVENT_READ, job)
                 else:  # a command's connection became readable: it closed, its job must stop
@@ -229,7 +230,7 @@ def serve(path: str) -> None:
             pass
 
 
-def _accept(listener: socket.socket, fresh: dict, worker_fds: list[int]) -> _Job | None:
+def _accept(listener: socket.socket, fresh: dict, worker_fds: list[int], run) -> _Job | None:
     conn, _ = listener.accept()
     fds: list[int] = []
     try:
@@ -250,7 +251,7 @@ def _accept(listener: socket.socket, fresh: dict, worker_fds: list[int]) -> _Job
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        _run_fork(request, fds, fresh, [*worker_fds, conn.fileno()])
+        _run_fork(request, fds, fresh, [*worker_fds, conn.fileno()], run)
     for fd in fds:
         os.close(fd)
     try:
@@ -297,7 +298,7 @@ def start(log_path: str) -> subprocess.Popen:
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rosd.jobs.worker", path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            [sys.executable, "-m", "rosd.cli", "stage-worker", path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True,
         )  # fmt: skip
     os.environ[ENV] = path
@@ -314,12 +315,3 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
         process.wait()
     shutil.rmtree(os.path.dirname(process.args[-1]), ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m rosd.jobs.worker SOCKET``: what `start` runs."""
-    serve((sys.argv[1:] if argv is None else argv)[0])
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
 """A prompt's group of rollouts: which groups carry loss, each rollout's sibling solution, what its
-teacher reads, and GRPO's group-relative advantage (docs/method.md, "Groups and teacher context")."""
+teacher reads, and GRPO's group-relative advantage (docs/method.md, "Groups" and
+"Teacher prompt")."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def mark_groups(rows: list[dict], *, group_filter: str = "zero_variance", skip_n
 
 
 def teacher_context(row: dict, context: str) -> tuple[str | None, str | None]:
-    """(solution, reflection) the teacher reads, by the method's teacher context (SPEC §1.6)."""
+    """(solution, reflection) the teacher reads, by the method's teacher context (docs/method.md, "Teacher prompt")."""
     reflection = row.get("explanation")
     if context == "reflection_else_solution":
         return (None, reflection) if reflection else (row["sibling"], None)

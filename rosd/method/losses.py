@@ -1,4 +1,4 @@
-"""The distillation loss (SPEC §1.8): pure tensor functions, no model, no I/O.
+"""The distillation loss (docs/method.md, "Loss"): pure tensor functions, no model, no I/O.
 
 Shapes: ``[..., S]`` log-probabilities over one support S (top-k + tail, or the full vocabulary);
 every function returns one value per position ``[...]``.

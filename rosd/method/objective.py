@@ -62,8 +62,10 @@ def micro_batch_terms(model, rows, targets, *, settings: dict):
 
 
 def warmup_lr(lr: float, global_step: int, warmup_steps: int) -> float:
-    """The learning rate of optimizer step ``global_step`` (0-based): k/warmup_steps of ``lr`` during
-    warm-up, so the first step has lr 0 (ref: constant schedule with warm-up), then ``lr``."""
+    """The learning rate of training step ``global_step`` (0-based): k/warmup_steps of ``lr`` during
+    warm-up, so the first step has lr 0 (ref: constant schedule with warm-up), then ``lr``. The
+    schedule advances once per training step, not per optimizer update (ref fsdp_workers
+    update_actor): all of GRPO's mini-batch updates of step k use step k's lr."""
     return lr * min(1.0, global_step / warmup_steps) if warmup_steps else lr
 
 
@@ -106,7 +108,8 @@ def sampled_logps(model, rows: list[dict], *, settings: dict) -> torch.Tensor:
 
 def step_updates(rows: list[dict], targets: list | None, method: dict):
     """The optimizer updates of one step: the whole batch for distillation; for GRPO, the batch
-    split into ``updates_per_batch`` mini-batches, one update each."""
+    split into ``updates_per_batch`` mini-batches, one update each, all at the step's lr
+    (``warmup_lr``)."""
     if method["objective"] != "grpo":
         return [(rows, targets)]
     parts = method["grpo"]["updates_per_batch"]

@@ -1,4 +1,4 @@
-"""Methods as named presets over one pipeline (SPEC §1, "Methods one config switch apart").
+"""Methods as named presets over one pipeline (docs/method.md, "Methods").
 
 A preset fixes what the teacher reads, which tokens carry loss, which weights the teacher has, and
 any loss or training settings the method defines; `config.method_overrides.<method>` changes any of

@@ -1,4 +1,5 @@
-"""Prompt building: the student's, the reflector's and the self-teacher's chat messages (SPEC §1.5-1.6).
+"""Prompt building: the student's, the reflector's and the self-teacher's chat messages (docs/method.md,
+"Reflection" and "Teacher prompt").
 
 The templates are the ones the reference runs: its Hydra config
 (``verl/trainer/config/actor/actor.yaml``, ``self_distillation:``), not the dataclass defaults in

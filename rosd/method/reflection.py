@@ -1,4 +1,5 @@
-"""Reflection parsing and error localization (SPEC §1.5, §1.7): pure functions over strings and ids."""
+"""Reflection parsing and error localization (docs/method.md, "Reflection" and "Token mask"): pure
+functions over strings and ids."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from statistics import mean
 
 
 def round_stats(rows: list[dict]) -> dict:
-    """Rollout, reflection and localization statistics of one round (SPEC §1, "Logged per step")."""
+    """Rollout, reflection and localization statistics of one round (docs/method.md, "Logged per round")."""
     kept = [r for r in rows if r["in_loss"]]
     wrong = [r for r in kept if r["reward"] == 0.0]
     reflected = [r for r in kept if "parsed" in r]

@@ -1,4 +1,4 @@
-"""Aggregate stage: turn one experiment's metric files into human-readable tables (SPEC §2).
+"""Aggregate stage: turn one experiment's metric files into human-readable tables (docs/comparing_runs.md, "Tables").
 
 Reads, under ``results/<experiment>/``:
   runs/{method}/{target}/seed{seed}/round{r}/metrics.json      round training metrics

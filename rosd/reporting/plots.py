@@ -1,6 +1,6 @@
 """Plots stage: PNG figures and an HTML table page of one experiment, for people and for
-``snakemake --report`` (SPEC §2). Reads only the aggregate stage's tables, so it never touches a
-model or a metric file.
+``snakemake --report`` (docs/comparing_runs.md, "Plots" and "Report"). Reads only the aggregate
+stage's tables, so it never touches a model or a metric file.
 
 Writes into ``out_dir``:
   heatmap.png          mean@k at the final evaluated round: one row per (method, target), one

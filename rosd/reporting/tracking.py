@@ -1,9 +1,10 @@
-"""MLflow ingestion of one experiment's metric files into a SQLite store (SPEC §2, §6).
+"""MLflow ingestion of one experiment's metric files into a SQLite store (docs/comparing_runs.md,
+"MLflow").
 
 The store is ``sqlite:///<exp_dir>/mlflow.db`` with artifacts under ``<exp_dir>/mlartifacts``.
 Stages never talk to MLflow: they write metric files, and a single Snakemake rule calls
 ``ingest`` afterwards. Only that one process ever writes the store, which is how we avoid
-SQLite's "database is locked" when many jobs run in parallel (SPEC §6).
+SQLite's "database is locked" when many jobs run in parallel (docs/method.md, "Pitfalls").
 
 Layout: one MLflow experiment per experiment name; one parent run per (method, target, seed)
 with tags method/target/seed, the flattened config as params, the config itself as the artifact

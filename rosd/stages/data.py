@@ -13,6 +13,28 @@ log = logging.getLogger(__name__)
 SHIPPED_THETA0 = Path(THETA0_DIR)
 
 
+def max_prompt_tokens(settings: dict) -> int | None:
+    """``data.max_prompt_tokens`` of a stage's settings; absent or null: no filter."""
+    return (settings.get("data") or {}).get("max_prompt_tokens")
+
+
+def drop_overlong_prompts(tokenizer, tasks: list[dict], settings: dict, *, what: str) -> tuple[list[dict], int]:
+    """The tasks whose student prompt, chat-templated as it is sampled, has at most
+    ``data.max_prompt_tokens`` tokens, and how many were dropped (ref: ``data.filter_overlong_prompts``
+    with ``max_prompt_length``). With no limit the tasks come back untouched and nothing is tokenized.
+    The one filter of train prompts (rollouts stage) and evaluation tasks (evaluate stage)."""
+    limit = max_prompt_tokens(settings)
+    if limit is None:
+        return tasks, 0
+    from rosd.method.prompts import chat_prompt_ids, student_messages
+
+    thinking = settings.get("enable_thinking", False)
+    kept = [t for t in tasks if len(chat_prompt_ids(tokenizer, student_messages(t), thinking)) <= limit]
+    dropped = len(tasks) - len(kept)
+    log.info("%s: %d of %d prompts longer than data.max_prompt_tokens=%d tokens dropped", what, dropped, len(tasks), limit)
+    return kept, dropped
+
+
 def prepare_data(*, name: str, split: str, settings: dict, out: str) -> None:
     """Write the tasks of one benchmark (split "test") or train target (split "train"): a real
     dataset when ``name`` is in ``data.datasets``, else the embedded world's generator."""

@@ -1,8 +1,11 @@
-"""Training (SPEC §1.8-1.9): round r's optimizer steps, checkpoint r-1 -> checkpoint r.
+"""Training (docs/method.md, "Loss" and "Update"): round r's training steps, checkpoint r-1 ->
+checkpoint r.
 
 The checkpoint carries the AdamW moments and the global step, so rounds resume one optimizer
 (restarting AdamW each round would make every round's first step a sign step), and, for an EMA
 teacher, the teacher's weights. The objective is the distillation loss, or GRPO for that baseline.
+The global step counts training steps, not optimizer updates: GRPO's mini-batch updates of one
+step share its warm-up lr (ref: the lr scheduler steps once per training step).
 """
 
 from __future__ import annotations
@@ -65,15 +68,17 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
             record_old_logps(runtime, step_rows, settings=settings)
         for update_rows, update_targets in step_updates(step_rows, step_targets, method):
             result = train_step(student, optimizer, update_rows, update_targets, settings=settings, global_step=global_step, runtime=runtime)
-            global_step += 1
             steps.append(result)
-            if runtime.ema is not None:
+            if result["skipped"]:
+                log.warning("step %d (global %d): gradient norm %s, update skipped", step + 1, global_step + 1, result["grad_norm"])
+            if runtime.ema is not None and not result["skipped"]:  # ref: the teacher follows only an update
                 runtime.update_ema(method["ema_rate"])
             rate = (step + 1) / max(time.time() - steps_started, 1e-9)  # steps/s, for the ETA of the round
             log.info(
                 "step %d/%d (global %d): loss %.4f grad_norm %.3f lr %.2e (%.2f steps/s, ETA %.0fs)",
-                step + 1, total, global_step, result["loss"], result["grad_norm"], result["lr"], rate, (total - step - 1) / rate,
+                step + 1, total, global_step + 1, result["loss"], result["grad_norm"], result["lr"], rate, (total - step - 1) / rate,
             )
+        global_step += 1  # one training step, however many updates it took
     # Under several processes every one takes part in writing the checkpoint; the main one ends it.
     runtime.write_checkpoint(out_model, tokenizer, optimizer, global_step)
     if not runtime.is_main:
@@ -82,10 +87,15 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
         "method": settings["method_name"], "target": settings["target"], "seed": settings["seed"], "round": settings["round"],
         "step": global_step,
         "loss": mean(s["loss"] for s in steps) if steps else None,
-        "grad_norm": mean(s["grad_norm"] for s in steps) if steps else None,
+        "grad_norm": mean(norms) if (norms := [s["grad_norm"] for s in steps if not s["skipped"]]) else None,
         "optimizer_steps": len(steps),
         **round_stats(rows),
+        # updates skipped for a non-finite gradient norm (ref dp_actor)
+        "nonfinite_grad_steps": sum(s["skipped"] for s in steps),
     }
+    if rows and "train_prompts_dropped" in rows[0]:
+        # only under data.max_prompt_tokens: train prompts the rollouts stage left out as too long
+        metrics["train_prompts_dropped"] = rows[0]["train_prompts_dropped"]
     # No wall-clock time in the metrics: the same seed gives the same file (the rule's benchmark
     # file records the job's seconds).
     write_json(out_metrics, metrics)

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §4): k samples per test problem, every sample's correctness kept on disk. One
+"""Evaluation (docs/method.md, "Evaluation"): k samples per test problem, every sample's correctness kept on disk. One
 job evaluates a checkpoint on one benchmark (`run_evaluate`) or, with `execution.evaluation_jobs:
 checkpoint`, on every benchmark with the model loaded once (`run_evaluate_checkpoint`): the same
 samples either way, since each benchmark's generation is seeded on its own."""
@@ -13,6 +13,7 @@ from rosd.evaluation.grading import extract_answer, grade_batch
 from rosd.evaluation.metrics import summarize
 from rosd.io.files import read_jsonl, write_json, write_jsonl
 from rosd.method.prompts import chat_prompt_ids, student_messages
+from rosd.stages.data import drop_overlong_prompts, max_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def run_evaluate_checkpoint(*, model: str, data_dir: str, out_dir: str, settings
 
 
 def _evaluate(engine, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
-    tasks = read_jsonl(data)
+    # Under data.max_prompt_tokens, tasks whose prompt is too long are not evaluated (ref).
+    tasks, dropped = drop_overlong_prompts(engine.tokenizer, read_jsonl(data), settings, what=f"benchmark {data}")
     ev = settings["evaluation"]
     prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
     samples = engine.generate(
@@ -67,5 +69,7 @@ def _evaluate(engine, model: str, data: str, out_samples: str, out_summary: str,
     summary.update({key: settings[key] for key in ("method", "target", "seed", "round", "benchmark")})
     summary["in_domain"] = settings["benchmark"] == settings["target"]
     summary["grading_timed_out"] = grades.timed_out  # samples past the grading deadline, scored 0
+    if max_prompt_tokens(settings) is not None:
+        summary["prompts_dropped"] = dropped  # tasks left out as longer than data.max_prompt_tokens
     write_json(out_summary, summary)
     log.info("%s on %s: mean@%d = %.3f", model, settings["benchmark"], ev["samples"], summary["mean_at_k"])

@@ -1,5 +1,5 @@
 """Group filter, sibling solutions, self-reflection, error localization and teacher prompts
-(SPEC §1.3-1.7) for one round and method."""
+(docs/method.md, "Groups" to "Token mask") for one round and method."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rollouts (SPEC §1.1) and grading (§1.2) for one round."""
+"""Rollouts and grading for one round (docs/method.md, "Rollouts")."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rosd.engines import load_engine
 from rosd.evaluation.grading import grade_batch
 from rosd.io.files import read_jsonl, write_jsonl
 from rosd.method.prompts import chat_prompt_ids, student_messages
+from rosd.stages.data import drop_overlong_prompts, max_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,19 @@ def round_prompts(tasks: list[dict], *, seed: int, round_index: int, per_round: 
 
 
 def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
-    """Sample ``rollouts_per_prompt`` responses per prompt from the round's starting checkpoint."""
+    """Sample ``rollouts_per_prompt`` responses per prompt from the round's starting checkpoint.
+    Under ``data.max_prompt_tokens`` the train split first loses its too-long prompts (ref), and every
+    row records how many (``train_prompts_dropped``, for the round's metrics)."""
     train, gen = settings["train"], settings["generation"]
     per_step = train["batch_prompts"]
-    tasks = round_prompts(
-        read_jsonl(data), seed=settings["seed"], round_index=settings["round"], per_round=per_step * train["steps_per_round"]
-    )
     engine = load_engine(
         gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
         tensor_parallel_size=gen["tensor_parallel_size"],
     )
+    split, dropped = drop_overlong_prompts(engine.tokenizer, read_jsonl(data), settings, what=f"train split {data}")
+    if not split:
+        raise SystemExit(f"{data}: every train prompt is longer than data.max_prompt_tokens={max_prompt_tokens(settings)}")
+    tasks = round_prompts(split, seed=settings["seed"], round_index=settings["round"], per_round=per_step * train["steps_per_round"])
     prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
     samples = engine.generate(
         prompts,
@@ -62,6 +66,8 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
                     "sampler_logps": sample.logps,
                 }
             )
+            if max_prompt_tokens(settings) is not None:
+                rows[-1]["train_prompts_dropped"] = dropped
     write_jsonl(out, rows)
     log.info("wrote %d rollouts of %d prompts to %s", len(rows), len(tasks), out)
 

@@ -1,4 +1,5 @@
-"""Teacher scoring (SPEC §2): the teacher's log-probs on the student's support, per response token.
+"""Teacher scoring (docs/method.md, "Teacher scoring"): the teacher's log-probs on the student's
+support, per response token.
 
 For each rollout in the loss, the round's student picks its top-k support from its own prompt and
 the teacher scores the same response ids after its richer prompt. The teacher is θ0 (frozen), the

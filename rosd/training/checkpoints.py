@@ -1,4 +1,5 @@
-"""What outlives a round's checkpoint (SPEC §2: checkpoints nothing evaluates are temporary).
+"""What outlives a round's checkpoint: checkpoints nothing evaluates are temporary (docs/method.md,
+"Checkpoints").
 
 A round's checkpoint (weights, trainer state, an EMA teacher, a LoRA adapter) is Snakemake
 ``temp()``: it is removed once the next round's jobs and its own keep job are done. The keep job

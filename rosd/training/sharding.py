@@ -147,7 +147,8 @@ class Sharded:
 
     def clip_grad_norm(self, max_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), max_norm)
-        # The norm of sharded gradients is a DTensor; full_tensor() is its value on every process.
+        # The norm of sharded gradients is a DTensor; full_tensor() is its value on every process,
+        # so a non-finite norm skips the update on every process alike (train_step).
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def total(self, value: float) -> float:

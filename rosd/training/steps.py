@@ -1,8 +1,10 @@
 """Optimizer steps on the student: AdamW resumed from a checkpoint's state, one step over an update's
-rollouts (rows without loss count in the reference reduction), and GRPO's old-policy log-probs."""
+rollouts (rows without loss count in the reference reduction), skipped when its gradient norm is not
+finite, and GRPO's old-policy log-probs."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -41,7 +43,12 @@ def _zero_missing_grads(parameters) -> None:
 def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: int, runtime=None) -> dict:
     """One optimizer step over one update's rollouts, all of them (rows without loss count in the
     reference reduction); ``targets[i]`` is row i's teacher target (None without one, or no list for
-    GRPO). ``runtime`` (rosd/training/student.py) says where it runs: this process, or one of several."""
+    GRPO). ``runtime`` (rosd/training/student.py) says where it runs: this process, or one of several.
+
+    ``global_step`` is the training step (0-based) whose lr the warm-up gives: every update of one
+    step (GRPO's mini-batches) shares it. A gradient norm that is not finite skips the update (ref
+    dp_actor: zero_grad, no optimizer step): weights and AdamW state stay as they were, and the
+    result says ``skipped``. The norm is the whole model's, the same on every process, so all skip."""
     train = settings["train"]
     runtime = runtime or SingleProcess(model, device=settings["device"], dtype=settings["dtype"])
     for group in optimizer.param_groups:
@@ -58,8 +65,12 @@ def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: 
         reported += share * value.item()
     _zero_missing_grads(runtime.parameters())
     grad_norm = runtime.clip_grad_norm(train["grad_clip"])
-    optimizer.step()
-    return {"loss": runtime.total(reported), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+    skipped = not math.isfinite(grad_norm)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    return {"loss": runtime.total(reported), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"], "skipped": skipped}
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Where the distill stage's optimizer steps run, and on which weights (SPEC §3, training).
+"""Where the distill stage's optimizer steps run, and on which weights (docs/gpu_slurm.md, "Training").
 
 - One process (``train.launcher: none``, the default): plain torch on the CPU or one GPU. On CUDA
   with ``model.dtype: bfloat16`` the forward runs under bfloat16 autocast over float32 master weights.

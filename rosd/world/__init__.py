@@ -1,5 +1,6 @@
-"""The embedded world (SPEC §5): generated tasks with known steps, a tiny tokenizer and Qwen2-architecture
-model, and the warm start that trains the shipped θ0, so the whole method runs with no GPU and no network.
+"""The embedded world (docs/method.md, "Embedded world"): generated tasks with known steps, a tiny
+tokenizer and Qwen2-architecture model, and the warm start that trains the shipped θ0, so the whole
+method runs with no GPU and no network.
 
 - ``rosd.world.tasks``: ``generate(family, split, n, seed)``, ``first_error_offset``, ``corrupt``, explanations;
 - ``rosd.world.model``: the BPE tokenizer with a ChatML template and the model built from config;

@@ -103,7 +103,7 @@ def own_wrong_answers(tasks: list[dict], groups: list[list[str]]) -> tuple[list[
 
 def reflect_on_own_answers(engine, tasks: list[dict], *, samples: int = 8, temperature: float = 1.0, seed: int = 1,
                            max_new_tokens: int = 192) -> dict:
-    """How a model reflects on its own wrong answers, as the pipeline asks it to (SPEC §1.5), on any
+    """How a model reflects on its own wrong answers, as the pipeline asks it to (docs/method.md, "Reflection"), on any
     tasks (the world's or a real dataset's records).
 
     ``samples`` answers per task; each wrong answer in a group that also has a correct one is

@@ -1,5 +1,6 @@
 """The embedded world's tokenizer and model: a small byte-level BPE with a ChatML template, and a
-Qwen2-architecture decoder built from config, so the code that serves Qwen3 serves it too (SPEC §5)."""
+Qwen2-architecture decoder built from config, so the code that serves Qwen3 serves it too
+(docs/method.md, "Embedded world")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from transformers import (
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 
 # Qwen's ChatML layout. ``enable_thinking`` is accepted and ignored: the world has no thinking mode,
-# and the pipeline passes it to every template (Qwen3 non-thinking, SPEC §1).
+# and the pipeline passes it to every template (Qwen3 non-thinking, docs/method.md, "Rollouts").
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"

@@ -1,4 +1,5 @@
-"""The embedded world's tasks (SPEC §5): generated problems with verifiable answers and known steps.
+"""The embedded world's tasks (docs/method.md, "Embedded world"): generated problems with verifiable
+answers and known steps.
 
 Each task is a plain dict (id, domain, kind, system, prompt, answer, solution, steps). The solution is
 exactly what a perfect model answers, one step per line, so the world knows where a wrong response

@@ -1,4 +1,5 @@
-"""Warm start (SPEC §5): train the world's θ0 from scratch by supervised learning.
+"""Warm start (docs/method.md, "Embedded world"): train the world's θ0 from scratch by supervised
+learning.
 
 θ0 must be imperfect but meaningful in all three roles of the method, so the supervised mix holds
 solving (the student's prompt → the solution), reflecting (the reflector's prompt → the exact tag
@@ -104,7 +105,7 @@ def example(task: dict, role: str, rng: random.Random, contexts: list[str]) -> t
         messages = reflection_messages(task, task["solution"], correct=True, sibling=None)
         return messages, f"<explanation>\n{explain_correct(task)}\n</explanation>"
     # The teacher reads a reflection on a wrong rollout (mostly) or a correct one, or a sibling
-    # solution when no reflection parsed (SPEC §1.6), sometimes both (the ablation's prompt).
+    # solution when no reflection parsed (docs/method.md, "Teacher prompt"), sometimes both (the ablation's prompt).
     reflection = explain_error(task, corrupt(task, rng)[0]) if rng.random() < 0.7 else explain_correct(task)
     context = rng.choice(contexts)
     messages = teacher_messages(

@@ -3,11 +3,12 @@
 import functools
 import json
 import shlex
-import sys
 from types import SimpleNamespace
 
-from rosd.method.presets import evaluation_rounds, needs_reflection, resolve, trains
-from rosd.jobs.planning import local_train_rows, planned_steps, round_blocks, rounds_for
+from rosd.method.presets import evaluation_rounds, resolve, trains
+from rosd.jobs import planning
+from rosd.jobs.planning import round_blocks
+from rosd.jobs.registry import ROUND_STAGES, data_settings, init_model_settings, stage_settings
 
 EXP = f"results/{config['experiment']}"
 # Path templates: f-strings whose values carry the wildcards, so literal braces here are doubled.
@@ -71,38 +72,13 @@ def keep_settings(wildcards):
     """A kept model holds the whole checkpoint in a run's last round (to resume), else the weights
     in the model's dtype."""
     last = int(wildcards.round) == rounds_of(wildcards.target)
-    return as_json({"resumable": last, "dtype": config["model"]["dtype"]})
-
-
-def train_rows(target):
-    """Rows of a target's train split, known before any job: the world's train_size, or a local file."""
-    spec = config["data"]["datasets"].get(target)
-    if spec is None:
-        return config["data"]["train_size"]
-    if not spec.get("path"):
-        sys.exit(
-            f"config error: rounds.{target} = {{epochs: ...}} needs data.datasets.{target}.path to count its rows; give its number of rounds instead"
-        )
-    try:
-        return local_train_rows(spec["path"], spec.get("train_split", "train"))
-    except (OSError, ValueError) as error:
-        sys.exit(f"config error: rounds.{target}: cannot count the train split: {error}")
+    return as_json(stage_settings("keep-checkpoint", config, resumable=last))
 
 
 @functools.cache
 def rounds_of(target):
-    """The number of rounds of a run on ``target``: one for all, the target's own, or its epochs."""
-    rounds, train = config["rounds"], config["train"]
-    if isinstance(rounds, int):
-        return rounds
-    if target not in rounds:
-        sys.exit(
-            f"config error: rounds has no entry for target {target!r}: give every target its rounds, or one number"
-        )
-    if isinstance(rounds[target], int):
-        return rounds[target]
-    steps = planned_steps(train_rows(target), train["batch_prompts"], rounds[target]["epochs"])
-    return rounds_for(steps, train["steps_per_round"])
+    """The number of rounds of a run on ``target`` (rosd.jobs.planning.rounds_of, checked in the Snakefile)."""
+    return planning.rounds_of(config, target)
 
 
 def evaluated_rounds(method, target):
@@ -122,21 +98,6 @@ def block_firsts(method, target):
     """{last round: first round} of each block of a run (rosd.jobs.planning.round_blocks)."""
     blocks = round_blocks(rounds_of(target), evaluated_rounds(method, target), ROUNDS_PER_JOB)
     return {last: first for first, last in blocks}
-
-
-def data_settings(name):
-    """The data keys one prepare_data job reads: its own data.datasets entry when it has one, so
-    adding or changing another dataset never reruns this one (nor the training that reads it)."""
-    data = config["data"]
-    settings = {key: data[key] for key in ("source", "train_size", "test_size", "seed")}
-    if name in data["datasets"]:
-        settings["datasets"] = {name: data["datasets"][name]}
-    return settings
-
-
-def evaluation_settings():
-    """What an evaluation job reads of `evaluation`: not the schedule, which only picks the jobs."""
-    return {k: v for k, v in config["evaluation"].items() if k != "every_steps"}
 
 
 def eval_summaries():
@@ -179,55 +140,17 @@ def as_json(settings):
     return json.dumps(settings, sort_keys=True)
 
 
-def model_settings(**extra):
-    model = config["model"]
-    keys = ("device", "dtype", "enable_thinking")
-    return {**{k: model[k] for k in keys}, **extra}
-
-
-def pick(settings, keys):
-    return {k: settings[k] for k in keys if k in settings}
-
-
-SAMPLING_KEYS = (
-    "batch_prompts",
-    "rollouts_per_prompt",
-    "steps_per_round",
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_new_tokens",
-)
-# What the reflect stage reads of train: the group filter and sibling choice, the teacher prompt's cap.
-REFLECT_KEYS = ("group_filter", "skip_no_success", "sibling", "teacher_prompt_max_tokens")
-
-
-def stage_settings(stage, wildcards):
-    """The settings of one round stage of one run: only the keys the stage reads, so a change
-    reruns the stages it affects (and what follows them), never the others."""
-    method = dict(method_settings(wildcards.method))
-    train = method.pop("train")
-    common = model_settings(seed=int(wildcards.seed), round=int(wildcards.round))
-    if stage == "rollouts":
-        return {**common, "generation": config["generation"], "train": pick(train, SAMPLING_KEYS)}
-    if stage == "reflect":
-        reflect = {"train": pick(train, REFLECT_KEYS), "method": pick(method, ("objective", "teacher_context", "mask"))}
-        if needs_reflection(method):
-            reflect.update(reflection=config["reflection"], generation=config["generation"])
-        return {**common, **reflect}
+def round_job_settings(stage, wildcards):
+    """The settings of one round stage's job (rosd/jobs/registry.py: only the keys the stage reads)."""
+    job = {"seed": int(wildcards.seed), "round": int(wildcards.round)}
+    if stage == "distill":
+        job.update(method_name=wildcards.method, target=wildcards.target)
     if stage == "grade":
-        return {"grading": config["grading"]}
-    if stage == "teacher":
-        teacher = {
-            "method": pick(method, ("objective", "teacher", "loss")),
-            "train": pick(train, ("temperature", "micro_batch", "token_chunk")),
-        }
-        return {**common, **teacher}
-    return {**common, "method": method, "train": train, "method_name": wildcards.method, "target": wildcards.target}
+        job = {}
+    return stage_settings(stage, config, method_settings(wildcards.method), **job)
 
 
 # The blocks of rounds (workflow/rules/round_blocks.smk).
-ROUND_STAGES = ("rollouts", "grade", "reflect", "teacher", "distill")
 
 
 def block_first(wildcards):
@@ -257,7 +180,7 @@ def block_plan(wildcards):
         {
             "first": first,
             "last": int(wildcards.round),
-            "stages": {stage: stage_settings(stage, first_round) for stage in ROUND_STAGES},
+            "stages": {name: round_job_settings(stage, first_round) for name, stage in ROUND_STAGES.items()},
             "trainer": None if launcher == "rosd" else shlex.split(launcher),
             "frozen_teacher": method_settings(wildcards.method)["teacher"] == "frozen",
             "keep_all": config["checkpoints"]["keep"] == "all",
@@ -265,15 +188,10 @@ def block_plan(wildcards):
     )
 
 
-def evaluation_job_settings(wildcards, **benchmark):
-    """An evaluation job's settings: one benchmark's (benchmark=...) or every benchmark's (benchmarks=[...])."""
-    return model_settings(
-        seed=int(wildcards.seed),
-        round=int(wildcards.round),
-        method=wildcards.method,
-        target=wildcards.target,
-        **benchmark,
-        evaluation=evaluation_settings(),
-        generation=config["generation"],
-        grading=config["grading"],
-    )
+def evaluation_job_settings(stage, wildcards, **benchmark):
+    """An evaluation job's settings: one benchmark's (``evaluate``, benchmark=...) or every
+    benchmark's (``evaluate-checkpoint``, benchmarks=[...])."""
+    return stage_settings(
+        stage, config, seed=int(wildcards.seed), round=int(wildcards.round), method=wildcards.method,
+        target=wildcards.target, **benchmark,
+    )  # fmt: skip

@@ -11,7 +11,7 @@ rule prepare_data:
     conda:
         "../envs/cpu.yaml"
     params:
-        settings=lambda w: as_json(data_settings(w.name)),
+        settings=lambda w: as_json(data_settings(config, w.name)),
     shell:
         "rosd --log {log} prepare-data --name {wildcards.name} --split {wildcards.split} --out {output} --settings {params.settings:q}"
 
@@ -27,7 +27,6 @@ rule init_model:
         "../envs/cpu.yaml"
     threads: MODEL_THREADS
     params:
-        # model.adapter only when set: adding the key reruns no existing experiment
-        settings=as_json({k: v for k, v in config["model"].items() if k != "adapter" or v}),
+        settings=as_json(init_model_settings(config)),
     shell:
         "rosd --log {log} init-model --out {output} --settings {params.settings:q}"

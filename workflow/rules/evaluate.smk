@@ -21,7 +21,7 @@ if config["execution"]["evaluation_jobs"] == "benchmark":
         resources:
             gpu=gpus("generation"),
         params:
-            settings=lambda w: as_json(evaluation_job_settings(w, benchmark=w.benchmark)),
+            settings=lambda w: as_json(evaluation_job_settings("evaluate", w, benchmark=w.benchmark)),
         shell:
             gpu_command(
                 "rosd --log {log} evaluate --model {input.model} --data {input.data} --out-samples {output.samples}"
@@ -49,7 +49,9 @@ else:
         params:
             data_dir=lambda w, input: os.path.dirname(input.data[0]),
             out_dir=lambda w, output: os.path.dirname(output.summary[0]),
-            settings=lambda w: as_json(evaluation_job_settings(w, benchmarks=config["benchmarks"])),
+            settings=lambda w: as_json(
+                evaluation_job_settings("evaluate-checkpoint", w, benchmarks=config["benchmarks"])
+            ),
         shell:
             gpu_command(
                 "rosd --log {log} evaluate-checkpoint --model {input.model} --data-dir {params.data_dir}"

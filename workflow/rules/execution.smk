@@ -6,9 +6,7 @@ import sys
 from rosd.io import lifeline
 
 from rosd.jobs import worker
-from rosd.evaluation.datasets import ADAPTERS_WITHOUT_SOLUTIONS
 from rosd.jobs.gpu_pool import SNAKEMAKE_PREFIX
-from rosd.method.presets import unsupported
 
 # A GPU job's command runs through `rosd with-gpu` (rosd/jobs/gpu_pool.py) when ROSD_GPUS is set: one
 # machine, several GPUs, each GPU job gets its own device(s). Unset, the prefix is empty.
@@ -25,20 +23,6 @@ lifeline.export_for_jobs()
 
 # The --use-conda environments install this checkout (workflow/envs/*.post-deploy.sh).
 os.environ.setdefault("ROSD_SOURCE", workflow.basedir)
-
-# Stop before any job on settings the trainer cannot run (one line, like a config error).
-for _method in TRAINED:
-    _settings = method_settings(_method)
-    if _problem := unsupported(_settings, _settings["train"]):
-        sys.exit(f"config error: {_problem}")
-    if _settings["teacher_context"] == "reference":
-        for _target in config["targets"]:
-            _adapter = config["data"]["datasets"].get(_target, {}).get("adapter")
-            if _adapter in ADAPTERS_WITHOUT_SOLUTIONS:
-                sys.exit(
-                    f"config error: method {_method} reads the dataset's reference solution, and target {_target}"
-                    f" ({_adapter}) has none; drop {_method} or the target (sdpo uses a sibling rollout instead)"
-                )
 
 
 def gpus(stage):

@@ -1,5 +1,5 @@
 # Tables, plots and MLflow: the only rules that read across runs. One rule writes the MLflow store,
-# so parallel jobs never contend for its SQLite file (SPEC §6). Files marked report(...) go into
+# so parallel jobs never contend for its SQLite file (docs/comparing_runs.md#mlflow). Files marked report(...) go into
 # `snakemake --report report.html` (or report.zip); captions, which say how to read each file, are in
 # workflow/report/. They are local rules: on a cluster they run beside Snakemake, not as allocations.
 

@@ -1,4 +1,4 @@
-# One training round r of a (method, target, seed) run: checkpoint r-1 -> checkpoint r (SPEC §2).
+# One training round r of a (method, target, seed) run: checkpoint r-1 -> checkpoint r (docs/method.md#rounds).
 
 
 rule rollouts:
@@ -17,7 +17,7 @@ rule rollouts:
     resources:
         gpu=gpus("generation"),
     params:
-        settings=lambda w: as_json(stage_settings("rollouts", w)),
+        settings=lambda w: as_json(round_job_settings("rollouts", w)),
     shell:
         gpu_command(
             "rosd --log {log} rollouts --model {input.model} --data {input.data} --out {output} --settings {params.settings:q}"
@@ -34,7 +34,7 @@ rule grade:
     conda:
         "../envs/cpu.yaml"
     params:
-        settings=lambda w: as_json(stage_settings("grade", w)),
+        settings=lambda w: as_json(round_job_settings("grade", w)),
     shell:
         "rosd --log {log} grade --rollouts {input} --out {output} --settings {params.settings:q}"
 
@@ -55,7 +55,7 @@ rule reflect:
     resources:
         gpu=gpus("generation"),
     params:
-        settings=lambda w: as_json(stage_settings("reflect", w)),
+        settings=lambda w: as_json(round_job_settings("reflect", w)),
     shell:
         gpu_command(
             "rosd --log {log} reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q}"
@@ -79,7 +79,7 @@ rule teacher_score:
     resources:
         gpu=gpus("scoring"),
     params:
-        settings=lambda w: as_json(stage_settings("teacher", w)),
+        settings=lambda w: as_json(round_job_settings("teacher-score", w)),
     shell:
         gpu_command(
             "rosd --log {log} teacher-score --teacher {input.teacher} --student {input.student} --reflections {input.reflections}"
@@ -105,7 +105,7 @@ rule distill:
     resources:
         gpu=gpus("training"),
     params:
-        settings=lambda w: as_json(stage_settings("distill", w)),
+        settings=lambda w: as_json(round_job_settings("distill", w)),
     shell:
         gpu_command(
             trainer(),
