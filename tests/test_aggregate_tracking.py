@@ -182,15 +182,15 @@ def test_comparison_single_seed_and_second_target(exp, tmp_path):
 
 
 def test_compare_prints_the_intervals_of_the_chosen_methods(exp):
-    from rosd.cli import _interval_sections
+    from rosd.reporting.compare import interval_sections
 
     write_tables(exp, exp / "tables")
-    text = _interval_sections(str(exp), ["sdpo"], None)
+    text = interval_sections(str(exp), ["sdpo"], None)
     assert "| sdpo   | math   | 2     | 2     | 0.500 [" in text
     assert "| rosd   | math   | 2" not in text  # rosd's own cell is not asked for
     pairs = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| rosd") or line.startswith("| sdpo")]
     assert sorted((m.strip(), b.strip()) for m, b in pairs if b.strip() in ("base", "sdpo")) == [("rosd", "sdpo"), ("sdpo", "base")]
-    assert _interval_sections(str(exp / "nowhere"), None, None) == ""
+    assert interval_sections(str(exp / "nowhere"), None, None) == ""
 
 
 # --- MLflow -------------------------------------------------------------------------------

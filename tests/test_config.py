@@ -7,7 +7,8 @@ import yaml
 
 from rosd.jobs.config import ConfigError, check
 
-DEFAULT = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 def test_default_config_is_valid():
@@ -160,3 +161,46 @@ def test_warm_start_settings_are_the_rules_arguments_and_a_bad_one_is_one_line()
         "log_every, lora_modules, lora_r, lr, lr_schedule, mix, own_tasks, seed, snapshot_every, steps, threads, vocab_size, warmup",
         "config error: model.warm_start.lr_schedule = 'cosine': must be one of 'constant', 'linear'",
     ]
+
+
+def _filled(**change) -> dict:
+    """The default config with the schema's defaults filled in (as the Snakefile's validate does)."""
+    from snakemake.utils import validate
+
+    config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), **change}
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+def test_a_method_reading_a_solution_a_target_lacks_is_one_line():
+    from rosd.jobs.config import check_runnable
+
+    config = _filled(methods=["base", "opsd"], targets=["tooluse"])
+    config["data"]["datasets"] = {"tooluse": {"adapter": "tooluse", "path": "somewhere"}}
+    with pytest.raises(ConfigError, match=r"^config error: method opsd reads the dataset's reference solution, and target tooluse \(tooluse\) has none"):
+        check_runnable(config)
+    check_runnable(_filled(methods=["base", "opsd"]))  # the world's tasks have solutions
+
+
+def test_an_ema_teacher_with_lora_is_refused_before_any_job():
+    from rosd.jobs.config import check_runnable
+
+    config = _filled(methods=["sdpo"])
+    config["train"]["lora"] = {"r": 8}
+    with pytest.raises(ConfigError, match="^config error: train.lora cannot train a method with an EMA teacher"):
+        check_runnable(config)
+
+
+def test_rounds_of_a_target_are_counted_or_refused_in_one_line(tmp_path):
+    from rosd.jobs.planning import rounds_of
+
+    assert rounds_of(_filled(rounds=7), "math") == 7
+    config = _filled(rounds={"math": {"epochs": 2}})
+    config["data"]["train_size"] = 12
+    assert rounds_of(config, "math") == (12 // config["train"]["batch_prompts"]) * 2
+    with pytest.raises(ConfigError, match="^config error: rounds has no entry for target 'mcq'"):
+        rounds_of(_filled(rounds={"math": 3}), "mcq")
+    config = _filled(rounds={"real": {"epochs": 1}})
+    config["data"]["datasets"] = {"real": {"adapter": "jsonl", "path": str(tmp_path / "missing")}}
+    with pytest.raises(ConfigError, match=r"^config error: rounds.real: cannot count the train split"):
+        rounds_of(config, "real")

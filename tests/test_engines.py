@@ -25,7 +25,7 @@ import torch
 from tiny_model import small_model_dir
 from transformers import GenerationConfig
 
-from rosd.engines import load_engine
+from rosd.engines import GenerationEngine, load_engine
 from rosd.engines.hf import HFEngine, SampledLogprobs, processors_before_recorder
 from rosd.engines.vllm import MISSING, SEED_STRIDE, VLLMEngine
 from rosd.models.loading import load_tokenizer
@@ -152,6 +152,16 @@ def test_missing_vllm_is_one_clear_line(model_dir, monkeypatch):
     assert str(stop.value) == MISSING == (
         "generation.backend=vllm but vllm is not installed: pip install 'rosd[gpu]' on a CUDA machine"
     )
+
+
+def test_both_backends_implement_the_one_generation_interface(model_dir, fake_vllm):
+    """The stages call only `GenerationEngine`'s tokenizer and generate, with the same keywords."""
+    import inspect
+
+    hf, vllm = load_engine("hf", model_dir), load_engine("vllm", model_dir, device="cuda")
+    for engine in (hf, vllm):
+        assert isinstance(engine, GenerationEngine)
+        assert inspect.signature(type(engine).generate) == inspect.signature(GenerationEngine.generate)
 
 
 def test_tensor_parallel_needs_vllm(model_dir):

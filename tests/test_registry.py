@@ -12,7 +12,15 @@ import yaml
 from snakemake.utils import validate
 
 from rosd.cli import _parser
-from rosd.jobs.registry import ALL, DELEGATED, STAGES, Except, data_settings, init_model_settings, stage_settings
+from rosd.jobs.registry import (
+    ALL,
+    DELEGATED,
+    STAGES,
+    Except,
+    data_settings,
+    init_model_settings,
+    stage_settings,
+)
 from rosd.method.presets import needs_reflection, resolve
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,14 +1,14 @@
-"""Generation backends behind one interface: `load_engine(name, model_dir, ...)`.
-
+"""Generation backends behind one interface (`GenerationEngine`): `load_engine(name, model_dir, ...)`.
 "hf" (transformers ``generate``, CPU or CUDA) is always there; "vllm" is imported only when chosen.
+May import ``rosd.models`` and below.
 """
 
 from __future__ import annotations
 
-from rosd.engines.base import Sample
+from rosd.engines.base import GenerationEngine, Sample
 
 
-def load_engine(name: str, model_dir: str, *, tensor_parallel_size: int = 1, **options):
+def load_engine(name: str, model_dir: str, *, tensor_parallel_size: int = 1, **options) -> GenerationEngine:
     if name == "hf":
         if tensor_parallel_size != 1:
             raise SystemExit("generation.tensor_parallel_size > 1 needs generation.backend=vllm")
@@ -22,4 +22,4 @@ def load_engine(name: str, model_dir: str, *, tensor_parallel_size: int = 1, **o
     raise ValueError(f"unknown generation backend {name!r}; expected 'hf' or 'vllm'")
 
 
-__all__ = ["Sample", "load_engine"]
+__all__ = ["GenerationEngine", "Sample", "load_engine"]

@@ -1,8 +1,9 @@
-"""What every generation backend returns."""
+"""The one interface every generation backend implements (`GenerationEngine`), and what it returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass
@@ -14,3 +15,26 @@ class Sample:
     ids: list[int]
     text: str
     logps: list[float] = field(default_factory=list)
+
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """What the rollouts, reflect and evaluate stages and the world's measures ask of a backend:
+    its tokenizer (prompts are token ids with the chat template applied) and seeded sampling."""
+
+    tokenizer: Any
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        top_k: int | None = None,
+    ) -> list[list[Sample]]:
+        """``n`` samples for each prompt, returned per prompt; the same seed gives the same samples.
+        ``top_k`` None (or 0) samples from the whole nucleus."""
+        ...
