@@ -4,9 +4,9 @@
 import os
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version, update_config, validate
 
-from rosd.jobs.config import ConfigError, check, check_methods, check_names, check_runnable
+from rosd.jobs.config import ConfigError, check, check_methods, check_names, check_runnable, typed_command_line_config
 from rosd.jobs.planning import rounds_of
 
 min_version("8.0")
@@ -17,6 +17,8 @@ sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+# --config's nested values arrive as strings (loss={alpha: 0.3}): typed as a config file types them.
+update_config(config, typed_command_line_config(workflow.config_settings.config))
 try:
     check(config)
 except ConfigError as error:

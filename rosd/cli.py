@@ -2,8 +2,9 @@
 `rosd compare` for people. Stage settings arrive as one JSON object (``--settings``).
 
 Exit status: 0 done; 2 bad input (a missing input file, malformed ``--settings`` JSON, a malformed
-input line, a config or data error, a bad argument), reported as ONE line on stderr, no
-traceback (``ROSD_DEBUG=1`` adds it); 1 a bug (the traceback) or a stage's own one-line
+input line, a truncated or corrupted output of an earlier job, a config or data error, a bad
+argument) or a condition the user must clear (a full disk, a foreign or locked MLflow store),
+reported as ONE line on stderr, no traceback (``ROSD_DEBUG=1`` adds it); 1 a bug (the traceback) or a stage's own one-line
 ``SystemExit`` message; 3 stopped because the Snakemake that started the job is gone
 (rosd/io/lifeline.py).
 
@@ -197,7 +198,9 @@ def _user_error(error: BaseException) -> str | None:
 # json.JSONDecodeError is not among them: the code raises those for its own mistakes too (a check
 # worker's malformed answer, say); the readers of input files raise rosd.io.files.InputFormatError.
 USER_ERRORS = [
-    ("rosd.io.files", "InputFormatError"),
+    ("rosd.io.files", "InputFormatError"),  # CorruptOutputError too: a truncated output of a stage
+    ("rosd.io.files", "DiskFullError"),
+    ("rosd.reporting.tracking", "StoreError"),  # not an MLflow store, or one locked too long
     ("rosd.jobs.config", "ConfigError"),
     ("rosd.evaluation.datasets", "DataError"),
 ]

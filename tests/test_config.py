@@ -136,15 +136,6 @@ def test_the_shipped_model_passes_the_model_check():
     check_names(_filled(model={"init": "path", "path": str(Path(__file__).resolve().parent.parent / "rosd" / "world" / "theta0")}))
 
 
-def test_a_mapping_given_with_config_on_the_command_line_says_to_use_a_file():
-    with pytest.raises(ConfigError) as error:
-        check({**DEFAULT, "loss": '{"alpha": 0.3}'})  # what snakemake --config 'loss={"alpha": 0.3}' passes
-    assert str(error.value) == (
-        "config error: loss = '{\"alpha\": 0.3}': must be of type object (a mapping cannot be given with "
-        "--config KEY=VALUE: put it in a YAML file and add it with --configfile)"
-    )
-
-
 def test_warm_start_settings_are_the_rules_arguments_and_a_bad_one_is_one_line():
     import inspect
 
@@ -204,3 +195,53 @@ def test_rounds_of_a_target_are_counted_or_refused_in_one_line(tmp_path):
     config["data"]["datasets"] = {"real": {"adapter": "jsonl", "path": str(tmp_path / "missing")}}
     with pytest.raises(ConfigError, match=r"^config error: rounds.real: cannot count the train split"):
         rounds_of(config, "real")
+
+
+def test_a_string_where_a_mapping_belongs_says_how_to_write_one():
+    with pytest.raises(ConfigError) as error:
+        check({**DEFAULT, "loss": "{alpha: 0.3"})  # what snakemake --config 'loss={alpha: 0.3' passes: not YAML
+    assert str(error.value) == (
+        "config error: loss = '{alpha: 0.3': must be of type object (write a mapping as YAML, {name: value, ...}: "
+        "in a file added with --configfile, or as --config 'loss={...}')"
+    )
+
+
+def test_nested_command_line_values_are_typed_as_a_config_file_types_them():
+    from rosd.jobs.config import typed_command_line_config
+
+    # What Snakemake's --config passes for: loss={"alpha": 0.3} seeds=[0,1] data={max_prompt_tokens: null, ...} rounds=2 experiment=x
+    passed = {
+        "loss": {"alpha": "0.3"},
+        "seeds": ["0", "1"],
+        "data": {"max_prompt_tokens": "null", "datasets": {"aime24": {"adapter": "aime", "hub": "math-ai/aime24"}}},
+        "evaluation": {"temperature": "1e-3"},
+        "tracking": {"mlflow": "false"},
+        "rounds": 2,
+        "experiment": "x",
+    }
+    typed = typed_command_line_config(passed)
+    assert typed == {
+        "loss": {"alpha": 0.3},
+        "seeds": [0, 1],
+        "data": {"max_prompt_tokens": None, "datasets": {"aime24": {"adapter": "aime", "hub": "math-ai/aime24"}}},
+        "evaluation": {"temperature": "1e-3"},  # YAML 1.1 reads 1e-3 as a string, as in a config file
+        "tracking": {"mlflow": False},
+        "rounds": 2,
+        "experiment": "x",
+    }
+    check({**DEFAULT, **{key: typed[key] for key in ("loss", "seeds", "tracking", "rounds", "experiment")}})
+
+
+@pytest.mark.pipeline
+def test_a_mapping_and_a_list_given_with_config_reach_the_jobs(tmp_path):
+    import subprocess
+
+    from pipeline_run import environment, snakemake_command
+
+    command = snakemake_command(tmp_path, "-n", "-p", "--config", 'loss={"alpha": 0.3}', "seeds=[0,1]")
+    done = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "config error" not in done.stderr
+    distill = [line for line in done.stdout.splitlines() if " distill " in line and "rosd --log" in line]
+    assert any("/rosd/math/seed1/" in line for line in distill)  # seeds [0, 1]: a run per seed
+    assert all('"alpha": 0.3' in line for line in distill if "/rosd/" in line), distill  # rosd keeps the config's alpha

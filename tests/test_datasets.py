@@ -463,3 +463,19 @@ def test_unreadable_parquet_names_the_file(tmp_path):
     path.write_text("not parquet")
     message = data_error("math500", {"adapter": "math500", "path": str(path)})
     assert message.startswith(f"{path}: datasets could not read it: ")
+
+
+@pytest.mark.parametrize("adapter, key", [("aime", "id"), ("math500", "unique_id"), ("tooluse", "idx"), ("sciknoweval", "idx")])
+def test_a_repeated_problem_id_is_refused_when_the_benchmark_is_prepared(tmp_path, adapter, key):
+    """Samples and scores are kept per id: two problems under one id once showed 0.250 in the
+    comparison and 0.125 in intervals.csv for the same cell. The second row is named, with the first."""
+    row = {"aime": {"problem": "P", "answer": "1"}, "math500": {"problem": "P", "answer": "1"},
+           "tooluse": {"prompt": "P", "answer": TOOLUSE_ANSWER},
+           "sciknoweval": {"prompt": "Q?\n\nA: x\nB: y\nPlease reason step by step.", "answer": "A", "system": "S"}}[adapter]
+    path = write_lines(tmp_path / "rows.jsonl", [json.dumps({**row, key: 7}), "", json.dumps({**row, key: 8}),
+                                                 json.dumps({**row, key: 7})])  # line 2 is blank
+    spec = {"adapter": adapter, "path": str(path), "domain": "physics"}
+    assert data_error(adapter, spec) == (f"{path}:4: id '{adapter}-7' repeats the id of {path}:1: every problem needs its "
+                                         "own id (samples and scores are kept per id)")
+    write_lines(path, [json.dumps({**row, key: 7}), json.dumps({**row, key: 8})])
+    assert [r["id"] for r in load_benchmark(adapter, spec, "test", {})] == [f"{adapter}-7", f"{adapter}-8"]

@@ -16,8 +16,10 @@ from rosd.io.files import (
     atomic_path,
     read_json,
     read_jsonl,
+    read_torch,
     remove_stale_partials,
     write_jsonl,
+    write_torch,
 )
 
 
@@ -125,3 +127,20 @@ def test_malformed_json_names_file_and_line(tmp_path):
     with pytest.raises(InputFormatError, match=rf"^{path}:3: not valid JSON"):
         read_json(path)
 
+
+
+def test_write_torch_gives_the_same_bytes_whatever_the_partial_is_called(tmp_path):
+    """torch.save to a path names the archive's folder after the file (a fresh partial name each
+    attempt); through a file object the folder is always "archive"."""
+    import zipfile
+
+    import torch
+
+    targets = {"targets": [{"support": torch.arange(6, dtype=torch.int32).reshape(2, 3), "teacher_logp": torch.ones(2, 4)}, None]}
+    write_torch(tmp_path / "a" / "teacher.pt", targets)
+    write_torch(tmp_path / "b" / "teacher.pt", targets)
+    first = (tmp_path / "a" / "teacher.pt").read_bytes()
+    assert first == (tmp_path / "b" / "teacher.pt").read_bytes()
+    assert {name.split("/")[0] for name in zipfile.ZipFile(tmp_path / "a" / "teacher.pt").namelist()} == {"archive"}
+    loaded = read_torch(tmp_path / "a" / "teacher.pt")
+    assert torch.equal(loaded["targets"][0]["support"], targets["targets"][0]["support"]) and loaded["targets"][1] is None

@@ -59,6 +59,22 @@ def test_second_run_has_nothing_to_do(finished):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_a_failed_aggregate_keeps_the_previous_tables(finished, tmp_path):
+    """One corrupted round metrics file: aggregate fails in one line naming it, and every table of
+    the finished run is still there, byte for byte (Snakemake restores its update() outputs)."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy, symlinks=True)
+    metrics = sorted((copy / EXP / "runs").rglob("metrics.json"))[0]
+    metrics.write_text('{"loss": 0.1,')  # truncated, and newer than the tables: aggregate reruns
+    result = run(copy, check=False)
+    assert result.returncode != 0
+    assert f"rosd aggregate: error: {metrics.relative_to(copy)}:1: not valid JSON" in result.stderr
+    for table in sorted((finished / EXP / "tables").glob("*")):
+        assert (copy / EXP / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
+
+
 def test_evaluation_change_reruns_only_evaluation_and_what_follows(finished, tmp_path):
     overlay = tmp_path / "more_samples.yaml"
     overlay.write_text("evaluation: {samples: 3}\n")

@@ -133,6 +133,7 @@ def test_hand_picked_keys_rerun_only_their_stages():
     assert rerun("reflection", "temperature", 0.3) == ["reflect"]
     assert rerun("reflection", "temperature", 0.3, method="sdpo") == []
     assert rerun("grading", "mode", "lenient") == ["evaluate", "evaluate-checkpoint", "grade"]
+    assert rerun("train", "rollouts_per_prompt", 4) == ["distill", "grade", "reflect", "rollouts"]
     assert rerun("data", "max_prompt_tokens", 2048) == ["evaluate", "evaluate-checkpoint", "rollouts"]
     assert rerun("data", "test_size", 9) == ["prepare-data"]
 
@@ -141,7 +142,7 @@ def test_settings_keep_their_shape():
     """The shapes the stages read (and Snakemake's parameter check compares)."""
     config = _config()
     rosd = resolve(config, "rosd")
-    assert stage_settings("grade", config, rosd) == {"grading": config["grading"]}
+    assert stage_settings("grade", config, rosd) == {"grading": config["grading"], "train": {"rollouts_per_prompt": 8}}
     rollouts = stage_settings("rollouts", config, rosd, seed=3, round=4)
     assert sorted(rollouts) == ["data", "device", "dtype", "enable_thinking", "generation", "round", "seed", "train"]
     assert rollouts["data"] == {"max_prompt_tokens": None}

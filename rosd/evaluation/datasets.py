@@ -90,16 +90,45 @@ class Rows(list):
     def where(self, position: int) -> str:
         """``FILE:LINE`` for a JSON Lines file, else ``SOURCE row N`` (both counted from 1)."""
         if self.file is not None and self.file.suffix != ".parquet" and not _is_json_array(self.file):
-            nonblank = 0
-            for lineno, line in enumerate(self.file.read_bytes().split(b"\n"), 1):
-                if line.strip():
-                    if nonblank == position:
-                        return f"{self.file}:{lineno}"
-                    nonblank += 1
+            if (lineno := jsonl_line(self.file, position)) is not None:
+                return f"{self.file}:{lineno}"
         return f"{self.source} row {position + 1}"
 
     def error(self, position: int, problem: str) -> DataError:
         return DataError(f"{self.where(position)}: {problem}")
+
+
+def jsonl_line(path, position: int) -> int | None:
+    """The line number (from 1) of row ``position`` (from 0) of a JSON Lines file, whose readers
+    skip blank lines; None past its last row."""
+    nonblank = 0
+    for lineno, line in enumerate(Path(path).read_bytes().split(b"\n"), 1):
+        if line.strip():
+            if nonblank == position:
+                return lineno
+            nonblank += 1
+    return None
+
+
+def repeated_id(records: list[dict]) -> tuple[int, int] | None:
+    """(first, second) positions of the first id that two records share, None when all differ.
+    A benchmark's samples and scores are kept per id, so a shared id would merge two problems."""
+    seen: dict = {}
+    for position, record in enumerate(records):
+        key = json.dumps(record.get("id"), sort_keys=True)
+        if key in seen:
+            return seen[key], position
+        seen[key] = position
+    return None
+
+
+def _unique_ids(rows: Rows, records: list[dict]) -> list[dict]:
+    """``records`` (record i made from row i), refused with the row of a repeated id."""
+    if (repeat := repeated_id(records)) is not None:
+        first, second = repeat
+        raise rows.error(second, f"id {records[second]['id']!r} repeats the id of {rows.where(first)}: "
+                                 "every problem needs its own id (samples and scores are kept per id)")
+    return records
 
 
 def _one_line(error: BaseException) -> str:
@@ -347,7 +376,7 @@ def _sciknoweval_prepared(name: str, rows: Rows) -> list[dict]:
         if answer not in options:
             raise rows.error(position, f"answer {answer!r} is not one of its options {', '.join(options)}")
         records.append(_record(name, _get(row, "idx", position), "mcq", prompt, answer, system=row.get("system")))
-    return records
+    return _unique_ids(rows, records)
 
 
 def _sciknoweval_raw(rows: Rows, domain: str) -> list[tuple[int, dict]]:
@@ -439,7 +468,7 @@ def _tooluse(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
             raise rows.error(position, "no 'answer' (missing or null)")
         _check_tool_calls(rows, position, row["answer"])
         records.append(_record(name, _get(row, "idx", position), "tooluse", prompt, row["answer"], system=row.get("system")))
-    return records
+    return _unique_ids(rows, records)
 
 
 def _math_prompt(problem: str, spec: dict) -> str:
@@ -464,7 +493,7 @@ def _aime(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
             solution = None
         records.append(_record(name, _get(row, "id", position), "math", _math_prompt(problem, spec), answer,
                                system=spec.get("system"), solution=solution))
-    return records
+    return _unique_ids(rows, records)
 
 
 def _gsm8k(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
@@ -486,11 +515,11 @@ def _gsm8k(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
 def _math500(name: str, spec: dict, split: str, settings: dict) -> list[dict]:
     """MATH-500 rows: ``problem``, ``solution``, ``answer``, ``unique_id``."""
     rows = _rows(name, spec, split)
-    return [
+    return _unique_ids(rows, [
         _record(name, _get(row, "unique_id", position), "math", _math_prompt(_text(rows, position, row, "problem"), spec),
                 _scalar_answer(rows, position, row), system=spec.get("system"), solution=row.get("solution"))
         for position, row in enumerate(rows)
-    ]
+    ])
 
 
 def _reasoning_gym(name: str, spec: dict, split: str, settings: dict) -> list[dict]:

@@ -15,6 +15,7 @@ output, so leftovers do not pile up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -35,6 +36,27 @@ class InputFormatError(ValueError):
     def __init__(self, path, line: int | None, problem: str):
         self.path, self.line, self.problem = str(path), line, problem
         super().__init__(f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
+
+
+class CorruptOutputError(InputFormatError):
+    """A file the pipeline wrote itself is truncated or corrupted: the message names it and the
+    command that writes it again. ``rerun`` is the output Snakemake knows (the checkpoint
+    directory of a file inside one); by default the file itself."""
+
+    def __init__(self, path, line: int | None, problem: str, rerun=None):
+        super().__init__(path, line, f"{problem}; rerun the job that wrote it: snakemake --cores all --forcerun {rerun or path}")
+
+
+class DiskFullError(OSError):
+    """A write ran out of disk space (or quota); the message names the file being written."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"disk full ({reason}) while writing {path}: free some space and rerun")
+
+
+# Below this much free space a failed write counts as a full disk even without ENOSPC: torch.save
+# writing to a path reports it as "unexpected pos ..." with no errno.
+_NEARLY_FULL_BYTES = 1 << 20
 
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
@@ -143,6 +165,18 @@ def _release(tmp: Path, fd: int) -> None:
     os.close(fd)
 
 
+def _disk_full(error: BaseException, partial: Path) -> str | None:
+    """Why ``error``, raised while writing ``partial``, means the disk is full; None otherwise."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os.strerror(error.errno)
+    if isinstance(error, RuntimeError):
+        with contextlib.suppress(OSError):
+            space = os.statvfs(partial.parent)
+            if space.f_bavail * space.f_frsize < _NEARLY_FULL_BYTES:
+                return os.strerror(errno.ENOSPC)
+    return None
+
+
 def _abandon() -> None:
     """Remove this process's partials (the lifeline stops the process mid-write)."""
     with _active_lock:
@@ -165,6 +199,10 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         lifeline.check()
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if reason := _disk_full(error, tmp):
+            raise DiskFullError(path, reason) from None
+        raise
     finally:
         _release(tmp, fd)
 
@@ -181,6 +219,10 @@ def atomic_dir(path: str | os.PathLike):
         lifeline.check()
         _remove(path)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if reason := _disk_full(error, tmp):
+            raise DiskFullError(path, reason) from None
+        raise
     finally:
         _release(tmp, fd)
 
@@ -197,6 +239,39 @@ def read_json(path):
         raise InputFormatError(path, None, "not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise InputFormatError(path, error.lineno, f"not valid JSON: {error.msg} (column {error.colno})") from None
+
+
+def read_output(path):
+    """A JSON (``.json``) or JSON-lines (``.jsonl``) file a stage wrote; a malformed one is a
+    `CorruptOutputError`."""
+    try:
+        return read_jsonl(path) if str(path).endswith(".jsonl") else read_json(path)
+    except InputFormatError as error:
+        raise CorruptOutputError(path, error.line, error.problem) from None
+
+
+def write_torch(path, obj) -> None:
+    """``torch.save`` atomically, the same bytes for the same object: saved through a file object,
+    so the archive's inner folder is torch's fixed "archive", not the temporary file's name."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+def read_torch(path, rerun=None):
+    """``torch.load`` (tensors and plain containers only) of a file a stage wrote; a truncated or
+    corrupted one is a `CorruptOutputError`, not torch's traceback. ``rerun``: the output that
+    holds the file, where that is a directory (a checkpoint's trainer state)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error).strip() else "ends early"
+        raise CorruptOutputError(path, None, f"truncated or corrupted ({reason})", rerun) from None
 
 
 def write_jsonl(path, rows) -> None:

@@ -6,6 +6,7 @@ runs first so that a bad value stops the run before any job with a message a per
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -47,6 +48,9 @@ def _lines(validator, instance, where: str = "") -> list[str]:
     for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
         path = ".".join([where, *map(str, error.absolute_path)]).strip(".")
         key = path or "<top level>"
+        if "propertyNames" in error.absolute_schema_path:
+            # The bad value is a key of the mapping at ``path`` (a data.datasets name, a method).
+            key += " key"
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             prefix = path + "." if path else ""
@@ -54,13 +58,41 @@ def _lines(validator, instance, where: str = "") -> list[str]:
         else:
             hint = ""
             if error.validator == "type" and isinstance(error.instance, str) and "object" in str(error.schema.get("type")):
-                # Snakemake's --config reads "loss={...}" as a string: nested keys need a file.
-                hint = " (a mapping cannot be given with --config KEY=VALUE: put it in a YAML file and add it with --configfile)"
+                # A string where a mapping belongs: a quoted mapping, or --config text that is not YAML.
+                top = path.split(".")[0]
+                hint = f" (write a mapping as YAML, {{name: value, ...}}: in a file added with --configfile, or as --config '{top}={{...}}')"
             lines.append(f"config error: {key} = {error.instance!r}: must be {_allowed(error)}{hint}")
     return lines
 
 
+def typed_command_line_config(command_line: dict) -> dict:
+    """``--config KEY=VALUE`` values with each nested scalar typed as the same text in a YAML file.
+
+    Snakemake types a top-level value itself (a number, True/False, else a string), but reads a
+    ``[...]`` or ``{...}`` value with YAML's string-only loader: ``loss={alpha: 0.3}`` arrives as
+    ``{"alpha": "0.3"}`` and ``seeds=[0,1]`` as ``["0", "1"]``, which the schema would refuse as
+    strings. Merged back over the config (the Snakefile), this accepts them as a config file would;
+    a quoted nested value (``{name: "1"}``) cannot be told apart and is typed too."""
+
+    def typed(value, nested: bool):
+        if isinstance(value, dict):
+            return {key: typed(item, True) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item, True) for item in value]
+        if nested and isinstance(value, str):
+            try:
+                scalar = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return scalar if scalar is None or isinstance(scalar, (bool, int, float)) else value
+        return value
+
+    return {key: typed(value, False) for key, value in command_line.items()}
+
+
+@functools.cache
 def _schema(schema_path: Path) -> dict:
+    """The schema, read once per process (callers only read it)."""
     return yaml.safe_load(Path(schema_path).read_text())
 
 

@@ -66,8 +66,9 @@ MODEL = ("device", "dtype", "enable_thinking")
 ROUND_JOB = ("seed", "round")
 # What rollouts read of the method's train block: the batch, the group size and the sampling.
 SAMPLING_KEYS = ("batch_prompts", "rollouts_per_prompt", "steps_per_round", "temperature", "top_p", "top_k", "max_new_tokens")
-# What reflect reads of it: the group filter and sibling choice, the teacher prompt's cap.
-REFLECT_KEYS = ("group_filter", "skip_no_success", "sibling", "teacher_prompt_max_tokens")
+# What reflect reads of it: the group size its input must have, the group filter and sibling choice,
+# the teacher prompt's cap.
+REFLECT_KEYS = ("rollouts_per_prompt", "group_filter", "skip_no_success", "sibling", "teacher_prompt_max_tokens")
 # What rollouts and evaluation read of data: the over-long prompt filter (rosd.stages.data.drop_overlong_prompts).
 PROMPT_FILTER = ("max_prompt_tokens",)
 EVALUATION = dict(
@@ -85,7 +86,10 @@ STAGES: dict[str, Stage] = {
         "rosd.stages.rollouts:run_rollouts", ("model", "data", "out"), ("model", "data"),
         Reads(top={"model": MODEL}, sections={"generation": ALL, "data": PROMPT_FILTER}, train=SAMPLING_KEYS, job=ROUND_JOB),
     ),
-    "grade": Stage("rosd.stages.rollouts:run_grade", ("rollouts", "out"), ("rollouts",), Reads(sections={"grading": ALL})),
+    "grade": Stage(
+        "rosd.stages.rollouts:run_grade", ("rollouts", "out"), ("rollouts",),
+        Reads(sections={"grading": ALL}, train=("rollouts_per_prompt",)),  # the group size its input must have
+    ),
     "reflect": Stage(
         "rosd.stages.reflect:run_reflect", ("model", "graded", "out"), ("model", "graded"),
         Reads(

@@ -21,6 +21,13 @@ Lifetime: a fork lives as long as the `rosd` command that handed it over: when t
 (partials removed, its own children killed, exit 3), and SIGKILL after `KILL_GRACE_SECONDS`. The
 worker ends on SIGTERM (Snakemake's onsuccess/onerror) or when the Snakemake that started it is
 gone (a SIGKILL), taking its forks with it.
+
+Requests: the loop reads each connection's request as its bytes arrive, beside the other clients and
+the running jobs, so no client stalls the others. A request comes from a process of the worker's own
+user (``SO_PEERCRED``), within `MAX_REQUEST_BYTES` and `REQUEST_TIMEOUT_SECONDS`, as one JSON object
+of ``argv`` (strings), ``cwd`` (a directory) and ``env`` (names to strings) with exactly three file
+descriptors; any other is refused with one line in the worker's log and its connection closed
+before a fork exists, and the `rosd` command that sent it then runs the job in its own process.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import NoReturn
 
 ENV = "ROSD_WORKER"
 KILL_GRACE_SECONDS = 5.0
@@ -44,6 +52,16 @@ TICK_SECONDS = 0.02
 _LENGTH = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 _PID = struct.Struct("!i")
+_PEER = struct.Struct("3i")  # SO_PEERCRED's struct ucred: pid, uid, gid
+# Above any command line and environment the kernel lets a process have (ARG_MAX: 2 MiB by default),
+# even JSON-escaped; a larger request is not sent, and its command runs in its own process.
+MAX_REQUEST_BYTES = 16 * 2**20
+# A request is written at once after its connection (milliseconds); slower is a stalled client.
+REQUEST_TIMEOUT_SECONDS = 5.0
+# Connections whose request is still arriving: more are refused, so a flood cannot use up the fds.
+MAX_ARRIVING = 64
+_CHUNK = 1 << 18
+_JOB_FDS = 3  # the job's stdin, stdout, stderr
 # Options whose value is a model directory: their architecture's modeling code is imported in the
 # worker before the fork, so each fork does not import it again.
 MODEL_OPTIONS = ("--model", "--teacher", "--student")
@@ -59,10 +77,15 @@ def delegate(argv: list[str]) -> int | None:
     path = os.environ.get(ENV)
     if not path or "WORLD_SIZE" in os.environ:
         return None
+    try:
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    except OSError:  # no working directory any more: the command says so in its own process
+        return None
+    if len(request) > MAX_REQUEST_BYTES:  # the worker would refuse it
+        return None
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         client.connect(path)
-        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
         socket.send_fds(client, [_LENGTH.pack(len(request))], [0, 1, 2])
         client.sendall(request)
         if _read_exactly(client, _PID.size) is None:  # refused before a fork began: run it here
@@ -187,10 +210,93 @@ class _Job:
         self.killed_at: float | None = None
 
 
-def serve(path: str, run) -> None:
-    """Listen on ``path`` until SIGTERM or until the process that started the worker is gone; each
-    request runs as ``run(argv)`` in a fork (``run`` is the `rosd` command's main, which starts the
-    worker as ``rosd stage-worker SOCKET``)."""
+class _Refused(Exception):
+    """A request the worker does not run: why, in one line for its log."""
+
+
+class _Arriving:
+    """A connection whose request is still arriving. `receive` takes what has come, never waiting
+    for more, into a buffer that grows with what was sent (linear time, memory of the bytes sent)."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+        self.fds: list[int] = []
+        self.header = b""
+        self.body = bytearray()
+
+    def receive(self) -> dict | None:
+        """Read what the client has sent so far: the request once whole, else None. Raises
+        `_Refused` for a request the worker does not run."""
+        try:
+            while len(self.header) < _LENGTH.size:
+                data, fds, flags, _ = socket.recv_fds(self.conn, _LENGTH.size - len(self.header), _JOB_FDS)
+                self.fds += fds
+                if flags & socket.MSG_CTRUNC or len(self.fds) > _JOB_FDS:
+                    raise _Refused(f"more than {_JOB_FDS} file descriptors sent")
+                if not data:
+                    raise _Refused("the client closed its connection before its request was whole")
+                self.header += data
+            (size,) = _LENGTH.unpack(self.header)
+            if size > MAX_REQUEST_BYTES:
+                raise _Refused(f"a request of {size} bytes announced, over the {MAX_REQUEST_BYTES}-byte limit")
+            if len(self.fds) != _JOB_FDS:
+                raise _Refused(f"{len(self.fds)} file descriptors sent, not {_JOB_FDS} (stdin, stdout, stderr)")
+            while len(self.body) < size:
+                data = self.conn.recv(min(_CHUNK, size - len(self.body)))
+                if not data:
+                    raise _Refused("the client closed its connection before its request was whole")
+                self.body += data
+        except BlockingIOError:  # the rest has not come yet
+            return None
+        except OSError as error:
+            raise _Refused(f"its connection failed: {error}") from None
+        return _checked_request(bytes(self.body))
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        self.conn.close()
+
+
+def _checked_request(body: bytes) -> dict:
+    """The request ``body`` holds, with the shape and types a job needs; else `_Refused`."""
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError) as error:  # RecursionError: nesting too deep for the decoder
+        raise _Refused(f"not a JSON request ({type(error).__name__}: {error})") from None
+    if not isinstance(request, dict) or set(request) != {"argv", "cwd", "env"}:
+        raise _Refused("not a JSON object of exactly argv, cwd and env")
+    argv, cwd, env = request["argv"], request["cwd"], request["env"]
+    if not isinstance(argv, list) or not all(isinstance(arg, str) for arg in argv):
+        raise _Refused("argv is not a list of strings")
+    if not isinstance(cwd, str) or "\0" in cwd or not os.path.isdir(cwd):
+        raise _Refused("cwd is not the path of a directory")
+    if not isinstance(env, dict) or not all(
+        isinstance(value, str) and "\0" not in name + value and name and "=" not in name for name, value in env.items()
+    ):
+        raise _Refused("env is not an object of variable names to strings")
+    return request
+
+
+def _peer_refusal(conn: socket.socket) -> str | None:
+    """Why the process at the other end of ``conn`` may not run jobs here (another user's), or None.
+    Only the worker's own user may: a job runs as the worker, with its files."""
+    pid, uid, _ = _PEER.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size))
+    if uid != os.getuid():
+        return f"from a process of uid {uid} (pid {pid}); the worker serves its own uid {os.getuid()} only"
+    return None
+
+
+def _log_refusal(reason: str) -> None:
+    print(f"rosd worker: refused a request: {reason}", file=sys.stderr, flush=True)
+
+
+def serve(path: str, run) -> NoReturn:
+    """Listen on ``path`` until SIGTERM or until the process that started the worker is gone, then
+    end the process; each request runs as ``run(argv)`` in a fork (``run`` is the `rosd` command's
+    main, which starts the worker as ``rosd stage-worker SOCKET``)."""
     owner = os.getppid()
     fresh = warm_up()
     stopping = []
@@ -199,21 +305,49 @@ def serve(path: str, run) -> None:
     partial = f"{path}.{os.getpid()}.partial"
     listener.bind(partial)
     listener.listen(64)
+    listener.setblocking(False)
     os.replace(partial, path)  # clients connect only once the worker is warm
     print(f"rosd worker (pid {os.getpid()}) ready on {path}", file=sys.stderr, flush=True)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     jobs: dict[int, _Job] = {}
+    arriving: set[_Arriving] = set()
+
+    def end_arrival(request: _Arriving, refusal: str | None) -> None:
+        selector.unregister(request.conn)
+        arriving.discard(request)
+        if refusal is not None:
+            _log_refusal(refusal)
+            request.close()
+
     try:
         while not stopping and os.getppid() == owner:
             for key, _ in selector.select(TICK_SECONDS):
                 if key.fileobj is listener:
+                    if (request := _accept(listener, len(arriving))) is not None:
+                        arriving.add(request)
+                        selector.register(request.conn, selectors.EVENT_READ, request)
+                elif isinstance(key.data, _Arriving):
+                    try:
+                        job_request = key.data.receive()
+                    except _Refused as refusal:
+                        end_arrival(key.data, str(refusal))
+                        continue
+                    if job_request is None:
+                        continue
+                    end_arrival(key.data, None)
+                    _import_architectures(job_request["argv"])
                     worker_fds = [listener.fileno(), selector.fileno(), *(j.conn.fileno() for j in jobs.values())]
-                    if (job := _accept(listener, fresh, worker_fds, run)) is not None:
-                        jobs[job.pid] = job
-                        selector.register(job.conn, selectors.EVENT_READ, job)
+                    for other in arriving:
+                        worker_fds += [other.conn.fileno(), *other.fds]
+                    job = _fork_job(job_request, key.data, fresh, worker_fds, run)
+                    jobs[job.pid] = job
+                    selector.register(job.conn, selectors.EVENT_READ, job)
                 else:  # a command's connection became readable: it closed, its job must stop
                     _stop(key.data)
+            now = time.monotonic()
+            for request in [r for r in arriving if now > r.deadline]:
+                end_arrival(request, f"no whole request within {REQUEST_TIMEOUT_SECONDS:g} s of connecting")
             for job in list(jobs.values()):
                 if _reap(job):
                     selector.unregister(job.conn)
@@ -228,25 +362,34 @@ def serve(path: str, run) -> None:
             os.unlink(path)
         except OSError:
             pass
+    sys.stderr.flush()
+    os._exit(0)  # not the interpreter's teardown of torch and transformers: seconds that `stop` waits
 
 
-def _accept(listener: socket.socket, fresh: dict, worker_fds: list[int], run) -> _Job | None:
-    conn, _ = listener.accept()
-    fds: list[int] = []
+def _accept(listener: socket.socket, arriving: int) -> _Arriving | None:
+    """The connection waiting on ``listener``, its request still to read; None when there is none
+    or it is refused (another user's, or ``arriving`` requests are already on their way)."""
     try:
-        conn.settimeout(10)
-        header, fds, _, _ = socket.recv_fds(conn, _LENGTH.size, 3)
-        header += _read_exactly(conn, _LENGTH.size - len(header)) or b""
-        request = json.loads(_read_exactly(conn, _LENGTH.unpack(header)[0]))
-        if len(fds) != 3:
-            raise OSError("a request without its three file descriptors")
-        _import_architectures(request["argv"])
-    except (OSError, ValueError, struct.error) as error:
-        print(f"rosd worker: a bad request ignored: {error}", file=sys.stderr, flush=True)
-        for fd in fds:
-            os.close(fd)
+        conn, _ = listener.accept()
+    except OSError as error:  # gone before it was accepted, or no fd left
+        if not isinstance(error, BlockingIOError):
+            _log_refusal(f"its connection could not be accepted: {error}")
+        return None
+    refusal = _peer_refusal(conn)
+    if refusal is None and arriving >= MAX_ARRIVING:
+        refusal = f"{arriving} requests are arriving already, the most the worker reads at once"
+    if refusal is not None:
+        _log_refusal(refusal)
         conn.close()
         return None
+    conn.setblocking(False)
+    return _Arriving(conn)
+
+
+def _fork_job(request: dict, arrived: _Arriving, fresh: dict, worker_fds: list[int], run) -> _Job:
+    """Run ``request`` in a fork (``worker_fds``: the worker's own, which the fork closes); its
+    command gets the fork's pid, and its exit status once it ends (`_reap`)."""
+    conn, fds = arrived.conn, arrived.fds
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -258,7 +401,6 @@ def _accept(listener: socket.socket, fresh: dict, worker_fds: list[int], run) ->
         conn.sendall(_PID.pack(pid))
     except OSError:  # the command is gone already: the loop stops the fork
         pass
-    conn.setblocking(False)
     return _Job(pid, conn)
 
 

@@ -13,7 +13,6 @@ last as text).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ import pandas as pd
 
 from rosd.evaluation.intervals import mean_interval, paired_difference, problem_scores
 from rosd.evaluation.metrics import summarize
-from rosd.io.files import atomic_path, read_jsonl
+from rosd.io.files import CorruptOutputError, atomic_path, read_output
 
 BASE_TARGET = "all"  # the untrained θ0 is evaluated once per seed as method "base", target "all"
 IDENTITY = ["method", "target", "seed", "round"]
@@ -46,13 +45,21 @@ def _identity(path: Path, root: Path) -> dict:
     }
 
 
+def _read_object(path: Path) -> dict:
+    """A JSON object a stage wrote (a round's metrics, an evaluation's summary)."""
+    value = read_output(path)
+    if not isinstance(value, dict):
+        raise CorruptOutputError(path, None, f"not a JSON object but {type(value).__name__}")
+    return value
+
+
 def _eval_row(path: Path, root: Path) -> dict:
     identity = _identity(path, root)
     summary_path = path.with_suffix(".json")
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+        summary = _read_object(summary_path)
     else:  # the per-sample records are the source of truth; recompute a missing summary
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = read_output(path)
         per_problem = len(records) // max(1, len({r["id"] for r in records}))
         summary = summarize(records, k=per_problem)
     benchmark = path.stem
@@ -69,7 +76,7 @@ def collect(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     exp = Path(exp_dir)
     runs, evals = exp / "runs", exp / "eval"
     rounds = [
-        {**_identity(p, runs), **json.loads(p.read_text())}
+        {**_identity(p, runs), **_read_object(p)}
         for p in sorted(runs.glob("*/*/seed*/round*/metrics.json"))
     ]
     scores = [_eval_row(p, evals) for p in sorted(evals.glob("*/*/seed*/round*/*.jsonl"))]
@@ -163,7 +170,7 @@ def final_scores(exp_dir: str | os.PathLike, evals: pd.DataFrame) -> dict[tuple[
         by_seed = {}
         for seed, round_ in zip(rows["seed"], rows["round"], strict=True):
             path = root / method / target / f"seed{seed}" / f"round{round_}" / f"{benchmark}.jsonl"
-            by_seed[seed] = problem_scores(read_jsonl(path))
+            by_seed[seed] = problem_scores(read_output(path))
         matrix = pd.DataFrame.from_dict(by_seed, orient="index").sort_index(axis=0).sort_index(axis=1)
         out[(method, target, benchmark)] = (int(rows["round"].max()), matrix.dropna(axis=1))
     return out
@@ -274,7 +281,9 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 def write_tables(exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Write the experiment's tables to ``out_dir``; returns the paths written."""
+    """Write the experiment's tables to ``out_dir``; returns the paths written. Every input is read
+    and checked before the first table is written, so a bad one (named in the error) leaves the
+    previous tables as they were."""
     rounds, evals = collect(exp_dir)
     comparison = comparison_table(evals)
     localization = localization_table(rounds)

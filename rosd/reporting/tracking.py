@@ -21,11 +21,13 @@ written again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import numbers
 import os
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -52,6 +54,8 @@ from rosd.reporting.aggregate import (  # noqa: E402
     seed_stats,
 )
 
+log = logging.getLogger(__name__)
+
 # Creating a store logs each schema step at INFO; that is noise in every pipeline log.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
@@ -62,8 +66,86 @@ SAMPLE_ROWS = 8  # rollouts per round kept as an artifact: enough to read, small
 SAMPLE_DROPPED_SUFFIXES = ("_ids", "_logps")
 
 
+# A store another process holds locked (an `mlflow ui` mid-write, a second `rosd track`): SQLite
+# waits BUSY_TIMEOUT_S on each try, and ingest or compare try again for LOCK_WAIT_S in all.
+BUSY_TIMEOUT_S = 10
+LOCK_WAIT_S = 120
+SQLITE_HEADER = b"SQLite format 3\0"
+MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
+REMEDY = "move it aside and rerun the track job: snakemake --cores all --forcerun track"
+
+
+class StoreError(Exception):
+    """The MLflow store cannot be used: not an MLflow store, or locked by another process."""
+
+
 def tracking_uri(exp_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(exp_dir).resolve() / 'mlflow.db'}"
+
+
+def _store_uri(exp_dir: str | os.PathLike) -> str:
+    """`tracking_uri` with SQLite's wait for a lock bounded by BUSY_TIMEOUT_S."""
+    return f"{tracking_uri(exp_dir)}?timeout={BUSY_TIMEOUT_S}"
+
+
+def check_store(db: Path) -> None:
+    """Refuse a file that is not an MLflow store before MLflow opens it: MLflow would fail with a
+    long traceback on garbage, and write its schema into an empty or foreign SQLite file."""
+    with open(db, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        raise StoreError(f"{db}: an empty file, not an MLflow store; {REMEDY}")
+    if header != SQLITE_HEADER:
+        raise StoreError(f"{db}: not an SQLite database, so not an MLflow store; {REMEDY}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)) as store:
+            tables = {name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:
+        if _locked(error):
+            raise
+        raise StoreError(f"{db}: an unreadable SQLite database ({error}); {REMEDY}") from None
+    if not MLFLOW_TABLES <= tables:
+        raise StoreError(f"{db}: an SQLite database without MLflow's tables, not an MLflow store; {REMEDY}")
+
+
+def _locked(error: BaseException) -> bool:
+    return "database is locked" in str(error)
+
+
+def _holders(db: Path) -> list[str]:
+    """Other processes (of this user: others' are not visible) that have the store open; none
+    where there is no /proc to look in."""
+    names = {f"{db.resolve()}{suffix}" for suffix in ("", "-journal", "-wal", "-shm")}
+    found = []
+    processes = Path("/proc").iterdir() if Path("/proc").is_dir() else []
+    for proc in sorted(processes, key=lambda p: p.name):
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd) in names for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                found.append(f"pid {proc.name} ({command[:80]})")
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def _retrying_while_locked(exp_dir: str | os.PathLike, action):
+    """``action()``, tried again while another process holds the store locked, for LOCK_WAIT_S in
+    all; then a `StoreError` saying who has it open."""
+    db = Path(exp_dir) / "mlflow.db"
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if not _locked(error):
+                raise
+            if time.monotonic() >= deadline:
+                holders = ", ".join(_holders(db)) or "no process this user can see"
+                raise StoreError(f"{db}: the MLflow store stayed locked for {LOCK_WAIT_S} s (open in {holders}): close what holds it and rerun") from None
+            log.warning("%s is locked by another process; trying again", db)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
@@ -225,10 +307,18 @@ def _experiment_id(client: MlflowClient, exp_dir: Path, experiment: str) -> str:
 
 
 def ingest(exp_dir: str, experiment: str, config: dict) -> int:
-    """Write (or keep) one parent run per (method, target, seed); returns how many there are."""
+    """Write (or keep) one parent run per (method, target, seed); returns how many there are. A
+    store another process holds locked is waited for (`LOCK_WAIT_S`): ingest is idempotent, so a
+    try cut short by the lock is simply made again."""
     exp = Path(exp_dir)
     rounds, evals = collect(exp)
-    client = MlflowClient(tracking_uri=tracking_uri(exp))
+    if (exp / "mlflow.db").exists() and (exp / "mlflow.db").stat().st_size:
+        _retrying_while_locked(exp, lambda: check_store(exp / "mlflow.db"))
+    return _retrying_while_locked(exp, lambda: _ingest(exp, experiment, config, rounds, evals))
+
+
+def _ingest(exp: Path, experiment: str, config: dict, rounds: pd.DataFrame, evals: pd.DataFrame) -> int:
+    client = MlflowClient(tracking_uri=_store_uri(exp))
     experiment_id = _experiment_id(client, exp, experiment)
     keys = ["method", "target", "seed"]
     rounds_of = dict(iter(rounds.groupby(keys)))
@@ -268,18 +358,24 @@ def compare_table(
     (benchmark label with (ID)/(OOD), stat). ``targets`` filters trained runs only; the base
     row (target "all") stays whenever "base" is among ``methods``.
     """
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri(exp_dir))
-    try:  # mlflow.search_runs reads the global URI; put the caller's back afterwards
-        runs = mlflow.search_runs(experiment_names=[experiment], filter_string=PARENT_FILTER)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    runs = _retrying_while_locked(exp_dir, lambda: _parent_runs(exp_dir, experiment))
     long = _long_metric(runs, metric)
     if methods is not None:
         long = long[long["method"].isin(list(methods))]
     if targets is not None:
         long = long[long["target"].isin([*targets, BASE_TARGET])]
     return seed_stats(long, "value")
+
+
+def _parent_runs(exp_dir: str, experiment: str) -> pd.DataFrame:
+    """search_runs' frame of the experiment's parent runs, from a store `check_store` accepts."""
+    check_store(Path(exp_dir) / "mlflow.db")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(_store_uri(exp_dir))
+    try:  # mlflow.search_runs reads the global URI; put the caller's back afterwards
+        return mlflow.search_runs(experiment_names=[experiment], filter_string=PARENT_FILTER)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def _long_metric(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

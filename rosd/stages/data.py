@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
-from rosd.io.files import write_jsonl
+from rosd.evaluation.datasets import jsonl_line, repeated_id
+from rosd.io.files import InputFormatError, read_jsonl, write_jsonl
 from rosd.world import THETA0_DIR
 
 log = logging.getLogger(__name__)
 
 SHIPPED_THETA0 = Path(THETA0_DIR)
+# What the stages read of a task record (rosd/world/tasks.py and rosd/evaluation/datasets.py write it).
+TASK_KEYS = ("id", "kind", "prompt", "answer")
+
+
+def row_error(path, position: int, problem: str, error: type[InputFormatError] = InputFormatError) -> InputFormatError:
+    """``problem`` as one line naming ``path`` and the line of its row ``position`` (from 0);
+    ``error`` CorruptOutputError for a file a stage wrote (the line then says how to rewrite it)."""
+    return error(path, jsonl_line(path, position), problem)
+
+
+def read_tasks(path: str) -> list[dict]:
+    """The task records of a prepared data file; a row that is not a task, or whose id repeats an
+    earlier row's (a benchmark's samples and scores are kept per id), is refused with its line."""
+    tasks = read_jsonl(path)
+    for position, task in enumerate(tasks):
+        if not isinstance(task, dict):
+            raise row_error(path, position, f"not a task object but {type(task).__name__} {json.dumps(task)[:60]}")
+        if missing := [key for key in TASK_KEYS if key not in task]:
+            raise row_error(path, position, f"a task without {', '.join(missing)} (a task needs {', '.join(TASK_KEYS)})")
+    if (repeat := repeated_id(tasks)) is not None:
+        first, second = repeat
+        raise row_error(path, second, f"id {tasks[second]['id']!r} repeats line {jsonl_line(path, first)}'s: every problem "
+                                      "needs its own id (samples and scores are kept per id)")
+    return tasks
+
+
+def check_prompt_positions(model: str, tasks: list[dict], prompts: list[list[int]], max_new_tokens: int, *,
+                           data: str, rows: list[dict], setting: str) -> None:
+    """Refuse, before generation allocates for it, a prompt (token ids of ``tasks[i]``, a row of
+    ``rows`` read from ``data``) that with ``max_new_tokens`` new tokens would pass the model's
+    ``max_position_embeddings``: one line naming the data file's line and the setting to change."""
+    from rosd.models.loading import max_positions
+
+    limit = max_positions(model)
+    if limit is None:
+        return
+    for task, prompt in zip(tasks, prompts):
+        if len(prompt) + max_new_tokens > limit:
+            position = next(i for i, row in enumerate(rows) if row is task)
+            raise row_error(data, position, f"its prompt is {len(prompt)} tokens, and {setting}={max_new_tokens} more pass "
+                                            f"the model's max_position_embeddings={limit} ({model}/config.json): shorten "
+                                            "the prompt, or drop such prompts with data.max_prompt_tokens")
 
 
 def max_prompt_tokens(settings: dict) -> int | None:

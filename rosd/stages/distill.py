@@ -17,12 +17,13 @@ from statistics import mean
 
 import torch
 
-from rosd.io.files import read_jsonl, write_json
+from rosd.io.files import CorruptOutputError, read_output, read_torch, write_json
 from rosd.method.groups import group_advantages
 from rosd.method.objective import step_updates
 from rosd.method.presets import unsupported
 from rosd.method.statistics import round_stats
 from rosd.models.loading import load_model, load_tokenizer
+from rosd.stages.reflect import check_graded
 from rosd.training.checkpoints import EMA_TEACHER
 from rosd.training.steps import optimizer_for, record_old_logps, train_step
 from rosd.training.student import SingleProcess, load_student
@@ -30,15 +31,27 @@ from rosd.training.student import SingleProcess, load_student
 log = logging.getLogger(__name__)
 
 
+def _teacher_targets(teacher_scores: str, reflections: str, rows: list[dict], method: dict):
+    """The teacher stage's targets, one per distilled row in file order (none unless the objective
+    is distillation); a file that does not hold exactly those is a `CorruptOutputError`."""
+    saved = read_torch(teacher_scores)
+    targets = saved.get("targets") if isinstance(saved, dict) else None
+    expected = sum(bool(r["distilled"]) for r in rows) if method["objective"] == "distill" else 0
+    if not isinstance(targets, list) or len(targets) != expected:
+        found = f"{len(targets)} teacher targets" if isinstance(targets, list) else "no list of teacher targets"
+        raise CorruptOutputError(teacher_scores, None, f"holds {found}, {reflections} has {expected} distilled rollouts")
+    return iter(targets)
+
+
 def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model: str, out_metrics: str, settings: dict) -> None:
     started = time.time()
     torch.manual_seed(settings["seed"] * 100_003 + settings["round"])
     method, train = settings["method"], settings["train"]
-    rows = read_jsonl(reflections)
+    rows = read_output(reflections)
+    check_graded(reflections, rows, train["rollouts_per_prompt"])  # rewards and whole groups, as reflect read them
     if method["objective"] == "grpo":
         group_advantages([r for r in rows if r["in_loss"]])
-    # The teacher stage scored the distilled rows, in file order.
-    scored = iter(torch.load(teacher_scores, weights_only=True)["targets"])
+    scored = _teacher_targets(teacher_scores, reflections, rows, method)
     targets = [next(scored) if r["distilled"] and method["objective"] == "distill" else None for r in rows]
     if problem := unsupported(method, train):
         raise SystemExit(problem)

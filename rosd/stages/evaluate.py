@@ -11,9 +11,14 @@ import os
 from rosd.engines import load_engine
 from rosd.evaluation.grading import extract_answer, grade_batch
 from rosd.evaluation.metrics import summarize
-from rosd.io.files import read_jsonl, write_json, write_jsonl
+from rosd.io.files import write_json, write_jsonl
 from rosd.method.prompts import chat_prompt_ids, student_messages
-from rosd.stages.data import drop_overlong_prompts, max_prompt_tokens
+from rosd.stages.data import (
+    check_prompt_positions,
+    drop_overlong_prompts,
+    max_prompt_tokens,
+    read_tasks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +32,29 @@ def _engine(model: str, settings: dict):
 
 
 def run_evaluate(*, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
-    _evaluate(_engine(model, settings), model, data, out_samples, out_summary, settings)
+    rows = read_tasks(data)
+    _evaluate(_engine(model, settings), model, data, rows, out_samples, out_summary, settings)
 
 
 def run_evaluate_checkpoint(*, model: str, data_dir: str, out_dir: str, settings: dict) -> None:
     """Every benchmark of ``settings["benchmarks"]``: ``data_dir/<b>.jsonl`` into
     ``out_dir/<b>.jsonl`` and ``<b>.json``, each with the settings its own job would get."""
+    data = {benchmark: os.path.join(data_dir, f"{benchmark}.jsonl") for benchmark in settings["benchmarks"]}
+    rows = {benchmark: read_tasks(path) for benchmark, path in data.items()}  # every file checked before the model loads
     engine = _engine(model, settings)
     shared = {k: v for k, v in settings.items() if k != "benchmarks"}
     for benchmark in settings["benchmarks"]:
         out = os.path.join(out_dir, benchmark)
-        _evaluate(engine, model, os.path.join(data_dir, f"{benchmark}.jsonl"), f"{out}.jsonl", f"{out}.json", {**shared, "benchmark": benchmark})
+        _evaluate(engine, model, data[benchmark], rows[benchmark], f"{out}.jsonl", f"{out}.json", {**shared, "benchmark": benchmark})
 
 
-def _evaluate(engine, model: str, data: str, out_samples: str, out_summary: str, settings: dict) -> None:
+def _evaluate(engine, model: str, data: str, rows: list[dict], out_samples: str, out_summary: str, settings: dict) -> None:
+    """Evaluate on ``rows``, the tasks of ``data`` (rosd.stages.data.read_tasks)."""
     # Under data.max_prompt_tokens, tasks whose prompt is too long are not evaluated (ref).
-    tasks, dropped = drop_overlong_prompts(engine.tokenizer, read_jsonl(data), settings, what=f"benchmark {data}")
+    tasks, dropped = drop_overlong_prompts(engine.tokenizer, rows, settings, what=f"benchmark {data}")
     ev = settings["evaluation"]
     prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
+    check_prompt_positions(model, tasks, prompts, ev["max_new_tokens"], data=data, rows=rows, setting="evaluation.max_new_tokens")
     samples = engine.generate(
         prompts, n=ev["samples"], temperature=ev["temperature"], top_p=ev["top_p"],
         max_new_tokens=ev["max_new_tokens"], seed=settings["seed"],

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from rosd.engines import load_engine
-from rosd.io.files import read_jsonl, write_jsonl
+from rosd.io.files import CorruptOutputError, read_output, write_jsonl
 from rosd.method.groups import mark_groups, teacher_context
 from rosd.method.presets import needs_reflection
 from rosd.method.prompts import (
@@ -16,6 +17,8 @@ from rosd.method.prompts import (
     teacher_messages,
 )
 from rosd.method.reflection import find_quote, loss_start, parse_reflection
+from rosd.stages.data import row_error
+from rosd.stages.rollouts import ROLLOUT_KEYS, check_rollout_rows
 from rosd.world.first_error import quote_line_offset, true_error_hit
 
 log = logging.getLogger(__name__)
@@ -67,10 +70,21 @@ def teacher_prompt(tokenizer, row: dict, settings: dict) -> None:
     row.update(teacher_prompt_ids=ids[:limit] if cut else ids, teacher_prompt_cut=cut, distilled=bool(solution or reflection))
 
 
+def check_graded(path: str, rows: list[dict], group_size: int) -> None:
+    """Refuse, as one line naming ``path`` and the line, a graded file that is not what grade wrote:
+    the rollout rows' checks, and every reward the verifier's 1.0 or 0.0 (a hand-edited 7 or "yes"
+    would otherwise steer the group filter and the loss in silence)."""
+    check_rollout_rows(path, rows, keys=(*ROLLOUT_KEYS, "reward"), group_size=group_size)
+    for position, row in enumerate(rows):
+        if type(row["reward"]) not in (int, float) or row["reward"] not in (0, 1):
+            raise row_error(path, position, f"reward {json.dumps(row['reward'])[:40]} is not 0 or 1", CorruptOutputError)
+
+
 def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
-    rows = read_jsonl(graded)
+    rows = read_output(graded)
     method = settings["method"]
     train = settings["train"]
+    check_graded(graded, rows, train["rollouts_per_prompt"])
     mark_groups(rows, group_filter=train["group_filter"], skip_no_success=train["skip_no_success"], sibling=train["sibling"], seed=settings["seed"])
     kept = [r for r in rows if r["in_loss"]]
     engine = None

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from collections import Counter
 
 from rosd.engines import load_engine
+from rosd.evaluation.datasets import jsonl_line
 from rosd.evaluation.grading import grade_batch
-from rosd.io.files import read_jsonl, write_jsonl
+from rosd.io.files import CorruptOutputError, read_output, write_jsonl
 from rosd.method.prompts import chat_prompt_ids, student_messages
-from rosd.stages.data import drop_overlong_prompts, max_prompt_tokens
+from rosd.stages.data import (
+    TASK_KEYS,
+    check_prompt_positions,
+    drop_overlong_prompts,
+    max_prompt_tokens,
+    read_tasks,
+    row_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +43,17 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
     row records how many (``train_prompts_dropped``, for the round's metrics)."""
     train, gen = settings["train"], settings["generation"]
     per_step = train["batch_prompts"]
+    train_tasks = read_tasks(data)
     engine = load_engine(
         gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
         tensor_parallel_size=gen["tensor_parallel_size"],
     )
-    split, dropped = drop_overlong_prompts(engine.tokenizer, read_jsonl(data), settings, what=f"train split {data}")
+    split, dropped = drop_overlong_prompts(engine.tokenizer, train_tasks, settings, what=f"train split {data}")
     if not split:
         raise SystemExit(f"{data}: every train prompt is longer than data.max_prompt_tokens={max_prompt_tokens(settings)}")
     tasks = round_prompts(split, seed=settings["seed"], round_index=settings["round"], per_round=per_step * train["steps_per_round"])
     prompts = [chat_prompt_ids(engine.tokenizer, student_messages(t), settings["enable_thinking"]) for t in tasks]
+    check_prompt_positions(model, tasks, prompts, train["max_new_tokens"], data=data, rows=train_tasks, setting="train.max_new_tokens")
     samples = engine.generate(
         prompts,
         n=train["rollouts_per_prompt"],
@@ -72,9 +84,43 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
     log.info("wrote %d rollouts of %d prompts to %s", len(rows), len(tasks), out)
 
 
+# What the round's later stages read of a rollout row (run_rollouts writes them).
+ROLLOUT_KEYS = ("group", "sample", "task", "prompt_ids", "response_ids", "response")
+
+
+def check_rollout_rows(path: str, rows: list[dict], *, group_size: int, keys: tuple[str, ...] = ROLLOUT_KEYS) -> None:
+    """Refuse, as one line naming ``path`` (and the line), a rollouts or graded file that is not what
+    the pipeline wrote: a row without ``keys`` or a task, a repeated (group, sample), or groups that
+    are not numbered 0, 1, ... with ``group_size`` rows each.
+    A group short of a row would otherwise be trained on in silence."""
+
+    def corrupt(position: int | None, problem: str) -> CorruptOutputError:
+        return CorruptOutputError(path, None, problem) if position is None else row_error(path, position, problem, CorruptOutputError)
+
+    rows_at: dict[tuple[int, int], int] = {}
+    for position, row in enumerate(rows):
+        if not isinstance(row, dict) or any(key not in row for key in keys):
+            raise corrupt(position, f"not a rollout row (it needs {', '.join(keys)})")
+        if not isinstance(row["task"], dict) or any(key not in row["task"] for key in TASK_KEYS):
+            raise corrupt(position, f"its task is not a task record (it needs {', '.join(TASK_KEYS)})")
+        for key in ("group", "sample"):
+            if type(row[key]) is not int or row[key] < 0:
+                raise corrupt(position, f"{key} {json.dumps(row[key])[:40]} is not a count (0, 1, ...)")
+        if (row["group"], row["sample"]) in rows_at:
+            first = jsonl_line(path, rows_at[row["group"], row["sample"]])
+            raise corrupt(position, f"group {row['group']} sample {row['sample']} repeats line {first}")
+        rows_at[row["group"], row["sample"]] = position
+    sizes = Counter(group for group, _ in rows_at)
+    for group in range(max(sizes, default=-1) + 1):
+        if sizes[group] != group_size:
+            first = min((position for (g, _), position in rows_at.items() if g == group), default=None)
+            raise corrupt(first, f"group {group} has {sizes[group]} rollouts, not {group_size} (train.rollouts_per_prompt)")
+
+
 def run_grade(*, rollouts: str, out: str, settings: dict) -> None:
     """Reward 1.0 or 0.0 per rollout from the task's verifier, read as ``grading.mode`` says."""
-    rows = read_jsonl(rollouts)
+    rows = read_output(rollouts)
+    check_rollout_rows(rollouts, rows, group_size=settings["train"]["rollouts_per_prompt"])
     items = [(row["task"]["kind"], row["response"], row["task"]["answer"]) for row in rows]
     graded = grade_batch(items, mode=settings["grading"]["mode"])
     for row, reward in zip(rows, graded.scores):

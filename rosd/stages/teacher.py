@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rosd.io.files import atomic_path, read_jsonl
+from rosd.io.files import read_jsonl, write_torch
 from rosd.method.losses import add_tail
 from rosd.method.scoring import batches, logp_of, response_tokens
 from rosd.models.loading import load_model, load_tokenizer
@@ -86,6 +86,5 @@ def run_teacher_score(*, teacher: str, student: str, reflections: str, out: str,
             micro_batch=settings["train"]["micro_batch"],
             token_chunk=settings["train"]["token_chunk"],
         )
-    with atomic_path(out) as tmp:
-        torch.save({"targets": targets}, tmp)
+    write_torch(out, {"targets": targets})
     log.info("wrote teacher targets of %d rollouts to %s", len(targets), out)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from rosd.io.files import read_torch
 from rosd.method.objective import (
     loss_micro_batches,
     micro_batch_terms,
@@ -27,7 +28,7 @@ def optimizer_for(model, train: dict, state_dir: Path):
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     state_file = state_dir / TRAINER_STATE
     if state_file.exists():
-        state = torch.load(state_file, weights_only=True)
+        state = read_torch(state_file, rerun=state_dir)
         optimizer.load_state_dict(state["optimizer"])
         return optimizer, int(state["global_step"])
     return optimizer, 0

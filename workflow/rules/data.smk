@@ -13,7 +13,7 @@ rule prepare_data:
     params:
         settings=lambda w: as_json(data_settings(config, w.name)),
     shell:
-        "rosd --log {log} prepare-data --name {wildcards.name} --split {wildcards.split} --out {output} --settings {params.settings:q}"
+        "rosd --log {log:q} prepare-data --name {wildcards.name:q} --split {wildcards.split:q} --out {output:q} --settings {params.settings:q}"
 
 
 rule init_model:
@@ -29,4 +29,4 @@ rule init_model:
     params:
         settings=as_json(init_model_settings(config)),
     shell:
-        "rosd --log {log} init-model --out {output} --settings {params.settings:q}"
+        "rosd --log {log:q} init-model --out {output:q} --settings {params.settings:q}"

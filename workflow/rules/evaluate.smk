@@ -24,8 +24,8 @@ if config["execution"]["evaluation_jobs"] == "benchmark":
             settings=lambda w: as_json(evaluation_job_settings("evaluate", w, benchmark=w.benchmark)),
         shell:
             gpu_command(
-                "rosd --log {log} evaluate --model {input.model} --data {input.data} --out-samples {output.samples}"
-                " --out-summary {output.summary} --settings {params.settings:q}"
+                "rosd --log {log:q} evaluate --model {input.model:q} --data {input.data:q} --out-samples {output.samples:q}"
+                " --out-summary {output.summary:q} --settings {params.settings:q}"
             )
 
 else:
@@ -54,6 +54,6 @@ else:
             ),
         shell:
             gpu_command(
-                "rosd --log {log} evaluate-checkpoint --model {input.model} --data-dir {params.data_dir}"
-                " --out-dir {params.out_dir} --settings {params.settings:q}"
+                "rosd --log {log:q} evaluate-checkpoint --model {input.model:q} --data-dir {params.data_dir:q}"
+                " --out-dir {params.out_dir:q} --settings {params.settings:q}"
             )

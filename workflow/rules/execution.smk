@@ -1,6 +1,7 @@
 # Where and how jobs run: GPUs per job, the local GPU pool, the training launcher, per-rule conda
 # environments. Nothing here changes what a stage computes, so none of it is a stage setting.
 import os
+import shlex
 import sys
 
 from rosd.io import lifeline
@@ -53,7 +54,7 @@ def trainer():
     if train["launcher"] == "none":
         return "rosd"
     return (
-        f"accelerate launch --config_file {ACCELERATE_CONFIG} --num_processes {train['num_processes']}"
+        f"accelerate launch --config_file {shlex.quote(ACCELERATE_CONFIG)} --num_processes {train['num_processes']}"
         " --main_process_port 0 -m rosd.cli"
     )
 

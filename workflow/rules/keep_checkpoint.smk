@@ -12,4 +12,4 @@ rule keep_checkpoint:
     params:
         settings=keep_settings,
     shell:
-        "rosd --log {log} keep-checkpoint --checkpoint {input} --out {output} --settings {params.settings:q}"
+        "rosd --log {log:q} keep-checkpoint --checkpoint {input:q} --out {output:q} --settings {params.settings:q}"

@@ -9,61 +9,82 @@ rule aggregate:
         eval_summaries(),
         round_metrics(),
     output:
-        report(
-            f"{EXP}/tables/comparison.md",
-            caption="../report/comparison_md.rst",
-            category="Comparison",
-            labels={"table": "comparison (Markdown)"},
+        # update(): a failed aggregate (one bad input) restores the previous tables instead of deleting them
+        update(
+            report(
+                f"{EXP}/tables/comparison.md",
+                caption="../report/comparison_md.rst",
+                category="Comparison",
+                labels={"table": "comparison (Markdown)"},
+            )
         ),
-        report(
-            f"{EXP}/tables/comparison.csv",
-            caption="../report/comparison_csv.rst",
-            category="Comparison",
-            labels={"table": "comparison (CSV)"},
+        update(
+            report(
+                f"{EXP}/tables/comparison.csv",
+                caption="../report/comparison_csv.rst",
+                category="Comparison",
+                labels={"table": "comparison (CSV)"},
+            )
         ),
-        report(
-            f"{EXP}/tables/intervals.csv",
-            caption="../report/intervals_csv.rst",
-            category="Comparison",
-            labels={"table": "mean@k with 95% intervals (CSV)"},
+        update(
+            report(
+                f"{EXP}/tables/intervals.csv",
+                caption="../report/intervals_csv.rst",
+                category="Comparison",
+                labels={"table": "mean@k with 95% intervals (CSV)"},
+            )
         ),
-        report(
-            f"{EXP}/tables/paired.csv",
-            caption="../report/paired_csv.rst",
-            category="Comparison",
-            labels={"table": "paired differences (CSV)"},
+        update(
+            report(
+                f"{EXP}/tables/paired.csv",
+                caption="../report/paired_csv.rst",
+                category="Comparison",
+                labels={"table": "paired differences (CSV)"},
+            )
         ),
-        report(
-            f"{EXP}/tables/localization.csv",
-            caption="../report/localization_csv.rst",
-            category="Comparison",
-            labels={"table": "localization (CSV)"},
+        update(
+            report(
+                f"{EXP}/tables/localization.csv",
+                caption="../report/localization_csv.rst",
+                category="Comparison",
+                labels={"table": "localization (CSV)"},
+            )
         ),
-        report(
-            f"{EXP}/tables/quote_offsets.csv",
-            caption="../report/quote_offsets_csv.rst",
-            category="Comparison",
-            labels={"table": "quote start against the first error (CSV)"},
+        update(
+            report(
+                f"{EXP}/tables/quote_offsets.csv",
+                caption="../report/quote_offsets_csv.rst",
+                category="Comparison",
+                labels={"table": "quote start against the first error (CSV)"},
+            )
         ),
-        report(
-            f"{EXP}/tables/rounds.csv",
-            caption="../report/rounds_csv.rst",
-            category="Data",
-            labels={"table": "round metrics (CSV)"},
+        update(
+            report(
+                f"{EXP}/tables/rounds.csv",
+                caption="../report/rounds_csv.rst",
+                category="Data",
+                labels={"table": "round metrics (CSV)"},
+            )
         ),
-        report(
-            f"{EXP}/tables/evals.csv",
-            caption="../report/evals_csv.rst",
-            category="Data",
-            labels={"table": "evaluations (CSV)"},
+        update(
+            report(
+                f"{EXP}/tables/evals.csv",
+                caption="../report/evals_csv.rst",
+                category="Data",
+                labels={"table": "evaluations (CSV)"},
+            )
         ),
     log:
         f"{EXP}/logs/aggregate.log",
     localrule: True
     conda:
         "../envs/cpu.yaml"
+    params:
+        # results/<experiment>/ and its tables/, from the outputs (Snakemake's linter wants no fixed paths here)
+        exp_dir=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
-        f"rosd --log {{log}} aggregate --exp-dir {EXP} --out-dir {EXP}/tables"
+        "rosd --log {log:q} aggregate --exp-dir {params.exp_dir:q} --out-dir {params.out_dir:q}"
 
 
 rule plots:
@@ -124,10 +145,12 @@ rule plots:
     localrule: True
     conda:
         "../envs/cpu.yaml"
+    params:
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "rosd --log {log} plots --rounds {input.rounds} --evals {input.evals} --comparison {input.comparison}"
-        " --intervals {input.intervals} --paired {input.paired}"
-        f" --localization-table {{input.localization}} --quote-offsets-table {{input.quote_offsets}} --out-dir {EXP}/plots --out-page {{output.page}}"
+        "rosd --log {log:q} plots --rounds {input.rounds:q} --evals {input.evals:q} --comparison {input.comparison:q}"
+        " --intervals {input.intervals:q} --paired {input.paired:q} --localization-table {input.localization:q}"
+        " --quote-offsets-table {input.quote_offsets:q} --out-dir {params.out_dir:q} --out-page {output.page:q}"
 
 
 rule track:
@@ -141,7 +164,8 @@ rule track:
     conda:
         "../envs/cpu.yaml"
     params:
+        exp_dir=lambda w, output: os.path.dirname(output[0]),
         # A function, so Snakemake does not read the braces of config values (\boxed{}) as wildcards.
         config=lambda w: as_json(config),
     shell:
-        f"rosd --log {{log}} track --exp-dir {EXP} --config {{params.config:q}} --out {{output}}"
+        "rosd --log {log:q} track --exp-dir {params.exp_dir:q} --config {params.config:q} --out {output:q}"

@@ -20,7 +20,7 @@ rule rollouts:
         settings=lambda w: as_json(round_job_settings("rollouts", w)),
     shell:
         gpu_command(
-            "rosd --log {log} rollouts --model {input.model} --data {input.data} --out {output} --settings {params.settings:q}"
+            "rosd --log {log:q} rollouts --model {input.model:q} --data {input.data:q} --out {output:q} --settings {params.settings:q}"
         )
 
 
@@ -36,7 +36,7 @@ rule grade:
     params:
         settings=lambda w: as_json(round_job_settings("grade", w)),
     shell:
-        "rosd --log {log} grade --rollouts {input} --out {output} --settings {params.settings:q}"
+        "rosd --log {log:q} grade --rollouts {input:q} --out {output:q} --settings {params.settings:q}"
 
 
 rule reflect:
@@ -58,7 +58,7 @@ rule reflect:
         settings=lambda w: as_json(round_job_settings("reflect", w)),
     shell:
         gpu_command(
-            "rosd --log {log} reflect --model {input.model} --graded {input.graded} --out {output} --settings {params.settings:q}"
+            "rosd --log {log:q} reflect --model {input.model:q} --graded {input.graded:q} --out {output:q} --settings {params.settings:q}"
         )
 
 
@@ -82,8 +82,8 @@ rule teacher_score:
         settings=lambda w: as_json(round_job_settings("teacher-score", w)),
     shell:
         gpu_command(
-            "rosd --log {log} teacher-score --teacher {input.teacher} --student {input.student} --reflections {input.reflections}"
-            " --out {output} --settings {params.settings:q}"
+            "rosd --log {log:q} teacher-score --teacher {input.teacher:q} --student {input.student:q} --reflections {input.reflections:q}"
+            " --out {output:q} --settings {params.settings:q}"
         )
 
 
@@ -109,6 +109,6 @@ rule distill:
     shell:
         gpu_command(
             trainer(),
-            " --log {log} distill --model {input.model} --reflections {input.reflections} --teacher-scores {input.teacher_scores}"
-            " --out-model {output.model} --out-metrics {output.metrics} --settings {params.settings:q}",
+            " --log {log:q} distill --model {input.model:q} --reflections {input.reflections:q} --teacher-scores {input.teacher_scores:q}"
+            " --out-model {output.model:q} --out-metrics {output.metrics:q} --settings {params.settings:q}",
         )

@@ -21,6 +21,6 @@ rule round_block:
         plan=block_plan,
     shell:
         gpu_command(
-            "rosd --log {log} run-rounds --model {input.model} --teacher {input.teacher} --data {input.data}"
-            " --out-model {output.model} --out-metrics {output.metrics} --settings {params.plan:q}"
+            "rosd --log {log:q} run-rounds --model {input.model:q} --teacher {input.teacher:q} --data {input.data:q}"
+            " --out-model {output.model:q} --out-metrics {output.metrics:q} --settings {params.plan:q}"
         )
