@@ -17,33 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from one_line import refused_in_one_line
 from test_aggregate_tracking import CONFIG, make_experiment
 
-from rosd import cli
 from rosd.io.files import DiskFullError, atomic_dir, atomic_path, write_torch
 from rosd.reporting import tracking
 from rosd.reporting.aggregate import write_tables
 
 RERUN = "rerun the job that wrote it: snakemake --cores all --forcerun"
 DISTILL_SETTINGS = json.dumps({"seed": 0, "round": 1, "method": {"objective": "distill"}, "train": {"rollouts_per_prompt": 1}})
-
-
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _fails_with_one_line(argv: list[str], capsys, root: Path) -> str:
-    """Run rosd in process: exit 2, one line on stderr, no traceback, every file under ``root`` as it was."""
-    before = _snapshot(root)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert _snapshot(root) == before
-    return lines[0]
 
 
 @pytest.fixture
@@ -73,13 +55,13 @@ def _distill(d: Path) -> list[str]:
 def test_corrupted_teacher_scores_name_the_file_and_the_rerun(case, damage, problem, round_files, capsys):
     teacher = round_files / "teacher.pt"
     teacher.write_bytes(damage(teacher.read_bytes()))
-    line = _fails_with_one_line(_distill(round_files), capsys, round_files)
+    line = refused_in_one_line(_distill(round_files), capsys, round_files)
     assert line == f"rosd distill: error: {teacher}: {problem}; {RERUN} {teacher}"
 
 
 def test_teacher_scores_of_other_rollouts_name_both_files(round_files, capsys):
     write_torch(round_files / "teacher.pt", {"targets": []})
-    line = _fails_with_one_line(_distill(round_files), capsys, round_files)
+    line = refused_in_one_line(_distill(round_files), capsys, round_files)
     teacher, reflections = round_files / "teacher.pt", round_files / "reflections.jsonl"
     assert line == f"rosd distill: error: {teacher}: holds 0 teacher targets, {reflections} has 1 distilled rollouts; {RERUN} {teacher}"
 
@@ -111,7 +93,7 @@ RECORDS = "eval/base/all/seed0/round0/math.jsonl"
 def test_a_bad_input_of_aggregate_leaves_the_previous_tables(case, name, content, problem, tabled, capsys):
     path = tabled / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    line = _fails_with_one_line(["aggregate", "--exp-dir", str(tabled), "--out-dir", str(tabled / "tables")], capsys, tabled.parent.parent)
+    line = refused_in_one_line(["aggregate", "--exp-dir", str(tabled), "--out-dir", str(tabled / "tables")], capsys, tabled.parent.parent)
     assert line == f"rosd aggregate: error: {problem.format(path=path)}; {RERUN} {path}"
 
 
@@ -120,7 +102,7 @@ def test_disk_full_while_writing_a_table_names_the_table(tabled, capsys, monkeyp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Path, "write_text", no_space)
-    line = _fails_with_one_line(["aggregate", "--exp-dir", str(tabled), "--out-dir", str(tabled / "tables")], capsys, tabled.parent.parent)
+    line = refused_in_one_line(["aggregate", "--exp-dir", str(tabled), "--out-dir", str(tabled / "tables")], capsys, tabled.parent.parent)
     assert line == f"rosd aggregate: error: disk full (No space left on device) while writing {tabled / 'tables' / 'rounds.csv'}: free some space and rerun"
 
 
@@ -192,14 +174,14 @@ def test_compare_refuses_what_is_not_an_mlflow_store_and_leaves_it_alone(case, c
         foreign.close()
     else:
         db.write_bytes(content)
-    line = _fails_with_one_line(_compare(store), capsys, store)
+    line = refused_in_one_line(_compare(store), capsys, store)
     assert line == f"rosd compare: error: {db}: {problem}; {REMEDY}"
 
 
 def test_track_refuses_a_store_that_is_not_one(store, capsys):
     db = store / "mlflow.db"
     db.write_bytes(b"\x00garbage\x7f" * 400)
-    line = _fails_with_one_line(["track", "--exp-dir", str(store), "--config", "{}", "--out", str(store / "ingested.json")], capsys, store)
+    line = refused_in_one_line(["track", "--exp-dir", str(store), "--config", "{}", "--out", str(store / "ingested.json")], capsys, store)
     assert line == f"rosd track: error: {db}: not an SQLite database, so not an MLflow store; {REMEDY}"
 
 
@@ -213,7 +195,7 @@ def test_a_store_locked_too_long_is_one_line_after_a_bounded_wait(store, capsys)
     holder = _hold_lock(store / "mlflow.db")
     try:
         started = time.monotonic()
-        line = _fails_with_one_line(_compare(store), capsys, store)
+        line = refused_in_one_line(_compare(store), capsys, store)
         waited = time.monotonic() - started
     finally:
         holder.close()
@@ -248,7 +230,7 @@ def test_a_locked_store_names_the_process_that_holds_it(store, capsys):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(store / "mlflow.db")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
-        line = _fails_with_one_line(_compare(store), capsys, store)
+        line = refused_in_one_line(_compare(store), capsys, store)
     finally:
         holder.kill()
         holder.wait()

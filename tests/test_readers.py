@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from one_line import refused_in_one_line
 from snakemake.utils import validate
 from tiny_model import small_model_dir
 
@@ -78,23 +79,6 @@ def _graded_rows(model_dir: Path) -> list[dict]:
     return rows
 
 
-def _listing(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-def _refused(argv: list[str], capsys, root: Path) -> str:
-    """Run rosd in process: exit 2, one line on stderr, no traceback, nothing new under ``root``."""
-    before = _listing(root)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and " INFO " not in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert _listing(root) == before
-    return lines[0]
-
-
 def _reflect(model_dir: Path, graded: Path, group_size: int = GROUP_SIZE) -> list[str]:
     settings = stage_settings("reflect", _config(), resolve(_config(), "sdpo"), seed=0, round=1)
     settings["train"]["rollouts_per_prompt"] = group_size
@@ -141,7 +125,7 @@ GRADED_CASES = {
 def test_a_hand_edited_graded_file_is_refused_by_reflect(case, model_dir, tmp_path, capsys):
     graded = tmp_path / "graded.jsonl"
     write_jsonl(graded, _edit(_graded_rows(model_dir), case))
-    line = _refused(_reflect(model_dir, graded), capsys, tmp_path)
+    line = refused_in_one_line(_reflect(model_dir, graded), capsys, tmp_path)
     assert line == f"rosd reflect: error: {graded}{GRADED_CASES[case]}; {RERUN} {graded}"
 
 
@@ -154,10 +138,10 @@ def test_the_graded_file_as_grade_wrote_it_is_reflected(model_dir, tmp_path):
     assert [row["in_loss"] for row in rows] == [True] * GROUP_SIZE + [False] * GROUP_SIZE  # group 1 has no success
 
 
-def test_a_group_of_another_size_than_the_setting_is_refused(model_dir, tmp_path, capsys):
+def test_a_group_of_another_size_than_the_setting_isrefused_in_one_line(model_dir, tmp_path, capsys):
     graded = tmp_path / "graded.jsonl"
     write_jsonl(graded, _graded_rows(model_dir))
-    line = _refused(_reflect(model_dir, graded, group_size=8), capsys, tmp_path)
+    line = refused_in_one_line(_reflect(model_dir, graded, group_size=8), capsys, tmp_path)
     assert line == f"rosd reflect: error: {graded}:1: group 0 has 4 rollouts, not 8 (train.rollouts_per_prompt); {RERUN} {graded}"
 
 
@@ -170,7 +154,7 @@ def test_a_rollouts_file_missing_a_row_is_refused_by_grade(model_dir, tmp_path, 
     rollouts = tmp_path / "rollouts.jsonl"
     rows = [{k: v for k, v in row.items() if k != "reward"} for row in _graded_rows(model_dir)]
     write_jsonl(rollouts, rows[:1] + rows[2:])  # group 0 sample 1 gone
-    line = _refused(_grade(rollouts), capsys, tmp_path)
+    line = refused_in_one_line(_grade(rollouts), capsys, tmp_path)
     assert line == f"rosd grade: error: {rollouts}:1: group 0 has 3 rollouts, not 4 (train.rollouts_per_prompt); {RERUN} {rollouts}"
     write_jsonl(rollouts, rows)
     cli.main(_grade(rollouts))
@@ -205,7 +189,7 @@ def _model_copy(model_dir: Path, root: Path, **config) -> Path:
 def test_a_benchmark_with_a_repeated_id_is_refused_by_evaluate(model_dir, tmp_path, capsys):
     data = tmp_path / "mcq.jsonl"
     write_jsonl(data, [_task(0), _task(1), {**_task(2), "id": "mcq-1"}])
-    line = _refused(_evaluate(model_dir, data), capsys, tmp_path)
+    line = refused_in_one_line(_evaluate(model_dir, data), capsys, tmp_path)
     assert line == (f"rosd evaluate: error: {data}:3: id 'mcq-1' repeats line 2's: every problem needs its own id "
                     "(samples and scores are kept per id)")
     write_jsonl(data, [_task(0), _task(1), _task(2)])
@@ -213,10 +197,10 @@ def test_a_benchmark_with_a_repeated_id_is_refused_by_evaluate(model_dir, tmp_pa
     assert [row["id"] for row in read_jsonl(tmp_path / "out" / "s.jsonl")] == ["mcq-0", "mcq-1", "mcq-2"]
 
 
-def test_a_data_row_that_is_not_a_task_is_refused(model_dir, tmp_path, capsys):
+def test_a_data_row_that_is_not_a_task_isrefused_in_one_line(model_dir, tmp_path, capsys):
     data = tmp_path / "mcq.jsonl"
     write_jsonl(data, [_task(0), {"id": "mcq-1", "prompt": "P"}])
-    line = _refused(_evaluate(model_dir, data), capsys, tmp_path)
+    line = refused_in_one_line(_evaluate(model_dir, data), capsys, tmp_path)
     assert line == f"rosd evaluate: error: {data}:2: a task without kind, answer (a task needs id, kind, prompt, answer)"
 
 
@@ -232,17 +216,17 @@ def test_a_prompt_past_the_models_positions_is_refused_before_generation(stage, 
     data = tmp_path / "mcq.jsonl"
     write_jsonl(data, [_task(0), long_task])
     setting = {"evaluate": "evaluation", "rollouts": "train"}[stage] + ".max_new_tokens"
-    line = _refused((_evaluate if stage == "evaluate" else _rollouts)(model, data), capsys, tmp_path)
+    line = refused_in_one_line((_evaluate if stage == "evaluate" else _rollouts)(model, data), capsys, tmp_path)
     assert line == (f"rosd {stage}: error: {data}:2: its prompt is {long} tokens, and {setting}=4 more pass the model's "
                     f"max_position_embeddings={short + 4} ({model}/config.json): shorten the prompt, or drop such prompts "
                     "with data.max_prompt_tokens")
 
 
-def test_a_model_whose_embedding_is_smaller_than_its_tokenizer_is_refused(model_dir, tmp_path, capsys):
+def test_a_model_whose_embedding_is_smaller_than_its_tokenizer_isrefused_in_one_line(model_dir, tmp_path, capsys):
     model = _model_copy(model_dir, tmp_path, vocab_size=500)
     data = tmp_path / "mcq.jsonl"
     write_jsonl(data, [_task(0)])
-    line = _refused(_evaluate(model, data), capsys, tmp_path)
+    line = refused_in_one_line(_evaluate(model, data), capsys, tmp_path)
     size = len(load_tokenizer(str(model_dir)))
     assert line == (f"rosd evaluate: error: {model}/config.json: vocab_size 500 (the input embedding's rows) is smaller than "
                     f"its tokenizer's {size} tokens: ids from 500 on have no embedding; give a tokenizer and a model that "
@@ -273,7 +257,7 @@ def test_a_truncated_model_file_is_one_line_naming_it(name, keep, model_dir, tmp
     damaged = _damage(model, name, keep)
     data = tmp_path / "mcq.jsonl"
     write_jsonl(data, [_task(0)])
-    line = _refused(_evaluate(model, data), capsys, tmp_path)
+    line = refused_in_one_line(_evaluate(model, data), capsys, tmp_path)
     assert line.startswith(f"rosd evaluate: error: {damaged}: {DAMAGED[name, keep]}")
     assert line.endswith(f"; {RERUN} {model}")
 

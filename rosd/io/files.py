@@ -188,6 +188,17 @@ lifeline.on_stop(_abandon)
 
 
 @contextlib.contextmanager
+def _disk_full_named(path: Path, tmp: Path):
+    """A write into ``tmp`` that fails for want of space is a `DiskFullError` naming ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if reason := _disk_full(error, tmp):
+            raise DiskFullError(path, reason) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path`` (an empty file); rename it onto ``path`` only if the
     block succeeds and the Snakemake that started this process (if any) is still there."""
@@ -196,13 +207,10 @@ def atomic_path(path: str | os.PathLike):
     remove_stale_partials(path)
     tmp, fd = _claim(path, directory=False)
     try:
-        yield tmp
-        lifeline.check()
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
-        if reason := _disk_full(error, tmp):
-            raise DiskFullError(path, reason) from None
-        raise
+        with _disk_full_named(path, tmp):
+            yield tmp
+            lifeline.check()
+            os.replace(tmp, path)
     finally:
         _release(tmp, fd)
 
@@ -215,14 +223,11 @@ def atomic_dir(path: str | os.PathLike):
     remove_stale_partials(path)
     tmp, fd = _claim(path, directory=True)
     try:
-        yield tmp
-        lifeline.check()
-        _remove(path)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
-        if reason := _disk_full(error, tmp):
-            raise DiskFullError(path, reason) from None
-        raise
+        with _disk_full_named(path, tmp):
+            yield tmp
+            lifeline.check()
+            _remove(path)
+            os.replace(tmp, path)
     finally:
         _release(tmp, fd)
 
