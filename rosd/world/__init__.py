@@ -1,6 +1,6 @@
 """The embedded world (docs/method.md, "Embedded world"): generated tasks with known steps, a tiny
 tokenizer and Qwen2-architecture model, and the warm start that trains the shipped θ0, so the whole
-method runs with no GPU and no network.
+method runs with no GPU and no network. May import ``rosd.engines``, ``rosd.training`` and below.
 
 - ``rosd.world.tasks``: ``generate(family, split, n, seed)``, ``first_error_offset``, ``corrupt``, explanations;
 - ``rosd.world.model``: the BPE tokenizer with a ChatML template and the model built from config;
