@@ -54,9 +54,10 @@ QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
 PHASES = """
 import time; started = time.monotonic()
 import importlib, json, sys
-from rosd.cli import STAGES, main
+from rosd.cli import main
+from rosd.jobs.registry import STAGES
 argv = json.loads(sys.argv[1])
-importlib.import_module(STAGES[argv[0]][0])
+importlib.import_module(STAGES[argv[0]].module)
 imported = time.monotonic()
 main(argv)
 print(json.dumps([started, imported, time.monotonic()]))

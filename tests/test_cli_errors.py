@@ -155,7 +155,7 @@ def test_bad_input_as_a_process(case, files):
 def test_rosd_debug_shows_the_traceback(files):
     result = _rosd(["grade", "--rollouts", str(files / "bad.jsonl"), "--out", str(files / "o.jsonl"), "--settings", "{}"], env={"ROSD_DEBUG": "1"})
     assert result.returncode == 2
-    assert "Traceback" in result.stderr and "InputFormatError" in result.stderr
+    assert "Traceback" in result.stderr and "CorruptOutputError" in result.stderr  # a file the pipeline writes
     assert result.stderr.splitlines()[-1].startswith(f"rosd grade: error: {files}/bad.jsonl:3: not a JSON line: Expecting value")
 
 
@@ -198,7 +198,7 @@ def test_log_argument_errors_and_stage_exit_messages_reach_both(files):
 @pytest.mark.pipeline
 def test_log_a_bug_traceback_in_the_log_one_line_on_stderr(files):
     log = files / "bug.log"
-    code = "import sys, rosd.cli as c\ndef bug(args): raise ZeroDivisionError('boom')\nc._check_inputs = bug\nc.main(sys.argv[1:])"
+    code = "import sys, rosd.cli as c\ndef bug(*args): raise ZeroDivisionError('boom')\nc._check_inputs = bug\nc.main(sys.argv[1:])"
     result = subprocess.run(
         [sys.executable, "-c", code, "--log", str(log), "grade", "--rollouts", str(files / "rows.jsonl"), "--out", str(files / "o.jsonl"), "--settings", "{}"],
         capture_output=True, text=True, timeout=60,
