@@ -23,7 +23,6 @@ from rosd.method.objective import step_updates
 from rosd.method.presets import unsupported
 from rosd.method.statistics import round_stats
 from rosd.models.loading import load_model, load_tokenizer
-from rosd.stages.reflect import check_graded
 from rosd.training.checkpoints import EMA_TEACHER
 from rosd.training.steps import optimizer_for, record_old_logps, train_step
 from rosd.training.student import SingleProcess, load_student
@@ -48,7 +47,6 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
     torch.manual_seed(settings["seed"] * 100_003 + settings["round"])
     method, train = settings["method"], settings["train"]
     rows = read_output(reflections)
-    check_graded(reflections, rows, train["rollouts_per_prompt"])  # rewards and whole groups, as reflect read them
     if method["objective"] == "grpo":
         group_advantages([r for r in rows if r["in_loss"]])
     scored = _teacher_targets(teacher_scores, reflections, rows, method)
