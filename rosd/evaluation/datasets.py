@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rosd.evaluation.grading import last_boxed
+from rosd.io.files import jsonl_line
 from rosd.io.hub import hub_offline, offline_message
 
 # The usual instruction for boxed math answers (Qwen's), appended to the problem.
@@ -96,18 +97,6 @@ class Rows(list):
 
     def error(self, position: int, problem: str) -> DataError:
         return DataError(f"{self.where(position)}: {problem}")
-
-
-def jsonl_line(path, position: int) -> int | None:
-    """The line number (from 1) of row ``position`` (from 0) of a JSON Lines file, whose readers
-    skip blank lines; None past its last row."""
-    nonblank = 0
-    for lineno, line in enumerate(Path(path).read_bytes().split(b"\n"), 1):
-        if line.strip():
-            if nonblank == position:
-                return lineno
-            nonblank += 1
-    return None
 
 
 def repeated_id(records: list[dict]) -> tuple[int, int] | None:

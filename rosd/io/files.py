@@ -246,6 +246,18 @@ def read_json(path):
         raise InputFormatError(path, error.lineno, f"not valid JSON: {error.msg} (column {error.colno})") from None
 
 
+def jsonl_line(path, position: int) -> int | None:
+    """The line number (from 1) of row ``position`` (from 0) of a JSON Lines file, whose readers
+    skip blank lines; None past its last row."""
+    nonblank = 0
+    for lineno, line in enumerate(Path(path).read_bytes().split(b"\n"), 1):
+        if line.strip():
+            if nonblank == position:
+                return lineno
+            nonblank += 1
+    return None
+
+
 def read_output(path):
     """A JSON (``.json``) or JSON-lines (``.jsonl``) file a stage wrote; a malformed one is a
     `CorruptOutputError`."""

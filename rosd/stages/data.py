@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
-from rosd.evaluation.datasets import jsonl_line, repeated_id
-from rosd.io.files import InputFormatError, read_jsonl, write_jsonl
+from rosd.evaluation.datasets import repeated_id
+from rosd.io.files import InputFormatError, jsonl_line, read_jsonl, write_jsonl
 from rosd.world import THETA0_DIR
 
 log = logging.getLogger(__name__)

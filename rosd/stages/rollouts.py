@@ -8,9 +8,8 @@ import random
 from collections import Counter
 
 from rosd.engines import load_engine
-from rosd.evaluation.datasets import jsonl_line
 from rosd.evaluation.grading import grade_batch
-from rosd.io.files import CorruptOutputError, read_output, write_jsonl
+from rosd.io.files import CorruptOutputError, jsonl_line, read_output, write_jsonl
 from rosd.method.prompts import chat_prompt_ids, student_messages
 from rosd.stages.data import (
     TASK_KEYS,
