@@ -1,9 +1,11 @@
 """The pipeline through a real SLURM cluster: the shipped profile (workflow/profiles/slurm) with its
 job sizes shrunk to a one-node test cluster (tests/slurm/start_cluster.sh: slurmctld + slurmd on
 this machine, no accounting). The shrunken pipeline (tests/configs/tiny.yaml, rosd and base only, one
-round) must run every job but the local rules in a SLURM allocation and end with the rows of the
-local run's tables (tests/conftest.py's `finished`, which also trains opsd and a second round: a
-method's rows do not depend on another method or on later rounds).
+round), run as the paper presets run on a cluster (a block of rounds per job, one evaluation job per
+checkpoint), must run every job but the local rules in a SLURM allocation and end with the rows of
+the local per-stage run's tables (tests/conftest.py's `finished`, which also trains opsd and a second
+round: a method's rows do not depend on another method or on later rounds; blocks write the
+per-stage bytes, tests/test_round_blocks.py).
 
 Needs root and Debian's slurm-wlm and munge (.ci/run installs them) and the SLURM executor plugin
 (pip install 'rosd[slurm]'); skips with the reason otherwise. A few minutes: SLURM adds 10-20 s a job (the executor's status checks back off by 10 s).
@@ -73,7 +75,8 @@ def shrunk_profile(folder: Path) -> Path:
 
 def test_pipeline_runs_in_slurm_allocations_with_the_local_tables(cluster, finished, tmp_path):
     overlay = tmp_path / "methods.yaml"
-    overlay.write_text("methods: [base, rosd]\nrounds: 1\n")
+    # The paper presets' execution (config/paper_*.yaml): rounds in blocks, one evaluation job per checkpoint.
+    overlay.write_text("methods: [base, rosd]\nrounds: 1\nexecution: {rounds_per_job: 10, evaluation_jobs: checkpoint}\n")
     on_slurm = tmp_path / "slurm"
     on_slurm.mkdir()
     expected = planned_jobs(run(on_slurm, "-n", configs=[overlay]).stdout)
