@@ -174,7 +174,7 @@ def test_a_non_finite_gradient_norm_skips_the_update():
 
         def forward(self, fn, rows, targets, settings):
             per_token = model(torch.ones(1, 3)).reshape(1) * self.loss
-            return per_token, torch.ones(1), torch.ones(1)
+            return per_token, torch.ones(1), torch.ones(1), (0.0, 0.0, 1.0, 1)  # no sampler-trainer gap
 
         def parameters(self):
             return model.parameters()
@@ -183,6 +183,9 @@ def test_a_non_finite_gradient_norm_skips_the_update():
             return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
         def total(self, value):
+            return value
+
+        def largest(self, value):
             return value
 
     rows = [{"distilled": True, "response_ids": [1], "loss_start": 0}]

@@ -70,7 +70,7 @@ def fused_loss(student, teacher, rows) -> torch.Tensor:
 def split_loss(student, rows, targets) -> torch.Tensor:
     values = []
     for start in range(0, len(rows), 2):
-        per_token, weights, mask = micro_batch_terms(
+        per_token, weights, mask, _ = micro_batch_terms(
             student, rows[start : start + 2], targets[start : start + 2], settings={**settings(), "pad_id": 0}
         )
         values.append((per_token * weights * mask).sum() / mask.sum())

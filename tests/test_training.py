@@ -214,6 +214,9 @@ def test_two_sharded_processes_train_sdpo_like_one(theta0, files, tmp_path):
     one, two = (json.loads((tmp_path / d / "metrics2.json").read_text()) for d in ("single", "two"))
     assert two["step"] == one["step"] == 2
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+    # the weight-sync guard adds its sums over processes and takes the largest gap of either
+    for key in ("sampler_gap_mean", "sampler_gap_max", "sampler_ratio_mean"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
 
 
 @pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA needs peft: pip install 'rosd[train]'")

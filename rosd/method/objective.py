@@ -17,6 +17,7 @@ from rosd.method.losses import (
     sampled_token_reverse_kl,
 )
 from rosd.method.scoring import batches, logp_of, response_tokens
+from rosd.method.sync_guard import gap_sums
 
 
 def _flat(rows: list[dict], key: str) -> torch.Tensor:
@@ -25,7 +26,8 @@ def _flat(rows: list[dict], key: str) -> torch.Tensor:
 
 def micro_batch_terms(model, rows, targets, *, settings: dict):
     """Per-token loss, token weights and loss mask of one micro-batch, each flat ``[N]`` over its
-    response tokens; the vocabulary projection runs in chunks of ``train.token_chunk`` tokens."""
+    response tokens, and the sampler-trainer gap sums of its sampled tokens (rosd.method.sync_guard);
+    the vocabulary projection runs in chunks of ``train.token_chunk`` tokens."""
     train, method = settings["train"], settings["method"]
     hidden = response_tokens(model, [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows], pad_id=settings["pad_id"])
     device = hidden.device
@@ -50,6 +52,7 @@ def micro_batch_terms(model, rows, targets, *, settings: dict):
 
     terms = chunked_over_tokens(hidden, token_terms, train["token_chunk"])
     per_token, train_logp = terms[:, 0], terms[:, 1]
+    gap = gap_sums(train_logp, sampler_logp)
     if method["objective"] == "grpo":
         # ref baseline_grpo: the ratio against the step's starting policy, times the truncated
         # importance weight of that policy against the sampler (rollout_is: token, threshold is_clip).
@@ -57,8 +60,8 @@ def micro_batch_terms(model, rows, targets, *, settings: dict):
         old_logp = _flat(rows, "old_logps").float().to(device)
         grpo = method["grpo"]
         per_token = clipped_policy_gradient(train_logp, old_logp, advantages, grpo["clip_low"], grpo["clip_high"], grpo["dual_clip"])
-        return per_token, importance_weights(old_logp, sampler_logp, train["is_clip"]), mask
-    return per_token, importance_weights(train_logp, sampler_logp, train["is_clip"]), mask
+        return per_token, importance_weights(old_logp, sampler_logp, train["is_clip"]), mask, gap
+    return per_token, importance_weights(train_logp, sampler_logp, train["is_clip"]), mask, gap
 
 
 def warmup_lr(lr: float, global_step: int, warmup_steps: int) -> float:

@@ -22,6 +22,7 @@ from rosd.method.groups import group_advantages
 from rosd.method.objective import step_updates
 from rosd.method.presets import unsupported
 from rosd.method.statistics import round_stats
+from rosd.method.sync_guard import summary, verdict
 from rosd.models.loading import load_model, load_tokenizer
 from rosd.training.checkpoints import EMA_TEACHER
 from rosd.training.steps import optimizer_for, record_old_logps, train_step
@@ -40,6 +41,15 @@ def _teacher_targets(teacher_scores: str, reflections: str, rows: list[dict], me
         found = f"{len(targets)} teacher targets" if isinstance(targets, list) else "no list of teacher targets"
         raise CorruptOutputError(teacher_scores, None, f"holds {found}, {reflections} has {expected} distilled rollouts")
     return iter(targets)
+
+
+def _guard(gap: dict, train: dict) -> None:
+    """Warn (or, with ``train.sampler_gap_error``, stop) when the round's rollouts were not sampled
+    from the weights this round starts from."""
+    if problem := verdict(gap, train.get("sampler_gap_limit")):
+        if train.get("sampler_gap_error"):
+            raise SystemExit(problem)
+        log.warning("%s", problem)
 
 
 def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model: str, out_metrics: str, settings: dict) -> None:
@@ -79,6 +89,8 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
             record_old_logps(runtime, step_rows, settings=settings)
         for update_rows, update_targets in step_updates(step_rows, step_targets, method):
             result = train_step(student, optimizer, update_rows, update_targets, settings=settings, global_step=global_step, runtime=runtime)
+            if not steps:
+                _guard(result["sampler_gap"], train)
             steps.append(result)
             if result["skipped"]:
                 log.warning("step %d (global %d): gradient norm %s, update skipped", step + 1, global_step + 1, result["grad_norm"])
@@ -103,6 +115,8 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
         **round_stats(rows),
         # updates skipped for a non-finite gradient norm (ref dp_actor)
         "nonfinite_grad_steps": sum(s["skipped"] for s in steps),
+        # the weight-sync guard, on the round's first update (rosd.method.sync_guard)
+        **(steps[0]["sampler_gap"] if steps else summary(0.0, 0.0, 0.0, 0)),
     }
     if rows and "train_prompts_dropped" in rows[0]:
         # only under data.max_prompt_tokens: train prompts the rollouts stage left out as too long

@@ -156,6 +156,11 @@ class Sharded:
         dist.all_reduce(total)
         return total.item()
 
+    def largest(self, value: float) -> float:
+        largest = torch.tensor(value, device=self.device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        return largest.item()
+
     @torch.no_grad()
     def update_ema(self, rate: float) -> None:
         for teacher, student in zip(self.ema, self.wrapped.parameters()):

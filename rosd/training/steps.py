@@ -18,6 +18,7 @@ from rosd.method.objective import (
     warmup_lr,
 )
 from rosd.method.scoring import batches
+from rosd.method.sync_guard import summary
 from rosd.training.checkpoints import SHARDED_TRAINER_STATE, TRAINER_STATE
 from rosd.training.student import SingleProcess
 
@@ -49,7 +50,9 @@ def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: 
     ``global_step`` is the training step (0-based) whose lr the warm-up gives: every update of one
     step (GRPO's mini-batches) shares it. A gradient norm that is not finite skips the update (ref
     dp_actor: zero_grad, no optimizer step): weights and AdamW state stay as they were, and the
-    result says ``skipped``. The norm is the whole model's, the same on every process, so all skip."""
+    result says ``skipped``. The norm is the whole model's, the same on every process, so all skip.
+    ``sampler_gap``: the sampled tokens' log-prob gap between the engine and these weights before
+    the update (rosd.method.sync_guard), over the rows with loss."""
     train = settings["train"]
     runtime = runtime or SingleProcess(model, device=settings["device"], dtype=settings["dtype"])
     for group in optimizer.param_groups:
@@ -57,13 +60,15 @@ def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: 
     optimizer.zero_grad(set_to_none=True)
     chunks, divisor = loss_micro_batches(list(zip(rows, targets or [None] * len(rows))), train["micro_batch"], train["reduction"])
     total_tokens = sum(len(r["response_ids"]) - r["loss_start"] for r in rows if r["distilled"])
-    reported = 0.0
+    reported, gap = 0.0, [0.0, 0.0, 0.0, 0]
     for chunk, share in runtime.shard(chunks):
-        per_token, weights, mask = runtime.forward(micro_batch_terms, [r for r, _ in chunk], [t for _, t in chunk], settings=settings)
+        per_token, weights, mask, chunk_gap = runtime.forward(micro_batch_terms, [r for r, _ in chunk], [t for _, t in chunk], settings=settings)
         value = micro_batch_value(per_token, weights, mask, reduction=train["reduction"], divisor=divisor, total_tokens=total_tokens)
         # Processes' gradients are averaged; times world_size, they add up to the whole step's.
         (value * (share * runtime.world_size)).backward()
         reported += share * value.item()
+        if share:  # a repeated micro-batch (weight 0) is not compared twice
+            gap = [gap[0] + chunk_gap[0], max(gap[1], chunk_gap[1]), gap[2] + chunk_gap[2], gap[3] + chunk_gap[3]]
     _zero_missing_grads(runtime.parameters())
     grad_norm = runtime.clip_grad_norm(train["grad_clip"])
     skipped = not math.isfinite(grad_norm)
@@ -71,7 +76,8 @@ def train_step(model, optimizer, rows, targets, *, settings: dict, global_step: 
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
-    return {"loss": runtime.total(reported), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"], "skipped": skipped}
+    sampler_gap = summary(runtime.total(gap[0]), runtime.largest(gap[1]), runtime.total(gap[2]), round(runtime.total(gap[3])))
+    return {"loss": runtime.total(reported), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"], "skipped": skipped, "sampler_gap": sampler_gap}
 
 
 @torch.no_grad()

@@ -86,6 +86,9 @@ class SingleProcess:
     def total(self, value: float) -> float:
         return value
 
+    def largest(self, value: float) -> float:
+        return value
+
     @torch.no_grad()
     def update_ema(self, rate: float) -> None:
         for teacher, student in zip(self.ema.parameters(), self.student.parameters()):
