@@ -23,6 +23,7 @@ from pipeline_run import (
 )
 
 from rosd.jobs.planning import round_blocks
+from rosd.stages.resident import IN_MEMORY
 
 pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
 
@@ -63,18 +64,31 @@ def _kill_a_block_in_its_second_round(workdir: Path, overlay: Path) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the block's process through /proc")
-def test_blocks_give_the_per_stage_bytes_resume_a_kill_and_rerun_only_what_changed(finished, tmp_path):
+@pytest.mark.parametrize("resident", [False, True], ids=["stage-processes", "resident"])
+def test_blocks_give_the_per_stage_bytes_resume_a_kill_and_rerun_only_what_changed(resident, finished, tmp_path):
+    """Both ways of running a block: each stage a fork of the stage worker, or every stage in the
+    block's own process with its models resident (`execution.resident`, rosd/stages/resident.py)."""
     overlay = tmp_path / "blocks.yaml"
-    overlay.write_text("execution: {rounds_per_job: 2, evaluation_jobs: checkpoint}\nevaluation: {every_steps: 2}\n")
+    overlay.write_text(f"execution: {{rounds_per_job: 2, evaluation_jobs: checkpoint, resident: {str(resident).lower()}}}\n"
+                       "evaluation: {every_steps: 2}\n")
     plan = planned_jobs(run(tmp_path, "-n", configs=[overlay]).stdout)
     assert plan["round_block"] == 2 and plan["evaluate_checkpoint"] == 3  # θ0 and each run's round 2
     assert not {"rollouts", "distill", "evaluate"} & set(plan)
 
     killed = _kill_a_block_in_its_second_round(tmp_path, overlay)
+    round1_checkpoint = tmp_path / killed / "round1" / "checkpoint"
+    # Resident: round 1's weights were pushed into the engine, never written.
+    assert (round1_checkpoint / IN_MEMORY).exists() == resident
+    assert any(round1_checkpoint.glob("*.safetensors")) != resident
     finished_stages = [tmp_path / killed / "round1" / name for name in ROUND_FILES] + [tmp_path / killed / "round2" / "rollouts.jsonl"]
     done_before = {p: p.stat().st_mtime_ns for p in finished_stages}
     run(tmp_path, "--rerun-incomplete", configs=[overlay])
-    assert {p: p.stat().st_mtime_ns for p in done_before} == done_before, "a finished stage of the killed block ran again"
+    rerun = [p.name for p in done_before if p.stat().st_mtime_ns != done_before[p]]
+    if resident:  # round 2's reflect needs round 1's weights, which died with the block: it runs again from its input
+        assert rerun == [*ROUND_FILES, "rollouts.jsonl"]
+        assert "running the block again from round 1" in (tmp_path / killed / "round2" / "logs" / "round_block.log").read_text()
+    else:  # the block resumes in the stage it was in
+        assert rerun == [], "a finished stage of the killed block ran again"
 
     exp, reference = tmp_path / EXP, finished / EXP
     for method in ("opsd", "rosd"):

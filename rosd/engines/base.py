@@ -38,3 +38,9 @@ class GenerationEngine(Protocol):
         """``n`` samples for each prompt, returned per prompt; the same seed gives the same samples.
         ``top_k`` None (or 0) samples from the whole nucleus."""
         ...
+
+    def load_weights(self, state_dict: dict) -> None:
+        """Replace the engine's weights with ``state_dict`` (a checkpoint's names and shapes) in
+        memory: the next ``generate`` samples from them."""
+        ...
+

@@ -21,6 +21,11 @@ class HFEngine:
         self.device = device
         self.batch_size = batch_size
 
+    def load_weights(self, state_dict: dict) -> None:
+        """Replace the model's weights in memory (a resident block's push after each round), cast
+        to the engine's dtype as loading that checkpoint from disk would."""
+        self.model.load_state_dict(state_dict)
+
     @torch.no_grad()
     def generate(
         self,

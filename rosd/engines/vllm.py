@@ -128,3 +128,14 @@ class VLLMEngine:
         ids = list(completion.token_ids)
         logps = [step[token].logprob for token, step in zip(ids, completion.logprobs)]
         return Sample(ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=True), logps=logps)
+
+    def load_weights(self, state_dict: dict) -> None:
+        """Replace the engine's weights in memory (a resident block's push after each round) and
+        drop its prefix cache, whose blocks hold the old weights' keys and values (left in place,
+        a prompt that hits them gets log-probs of neither model's). In-process engines only
+        (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as on a CPU); ``reload_weights`` takes the checkpoint's
+        names, as the model's own ``load_weights`` of this vLLM build does not."""
+        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=iter(state_dict.items()))
+        self.llm.reset_prefix_cache()
+

@@ -13,13 +13,20 @@ checkpoint and metrics; the rounds before are this module's business:
   because a setting changed), the block skips every stage whose stamp matches and whose outputs are
   there. So a killed block resumes in the stage it was in, and a changed reflection setting reruns
   from the block's first reflection on, as the per-round rules do.
+- **Resident models** (`execution.resident`). The block calls the stage functions in its own
+  process, which keeps the engine, the frozen teacher and the trainer in memory across stages and
+  rounds and pushes each round's new weights into the engine (rosd/stages/resident.py); only the
+  block's last checkpoint is written whole. A later run that needs an unwritten checkpoint runs the
+  block again from its input. Otherwise each stage is a fork of the stage worker, or a process.
 - **Disk.** A round's checkpoint is removed once the next round has trained from it, unless
   `checkpoints.keep: all`; the block's input and output checkpoints are Snakemake's (temp()).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -32,6 +39,9 @@ from pathlib import Path
 
 from rosd.io.files import atomic_path, lifeline
 from rosd.jobs import worker
+from rosd.jobs.planning import RESIDENT_ENV
+from rosd.jobs.registry import STAGES
+from rosd.stages import resident
 from rosd.training.checkpoints import SNAKEMAKE_TIMESTAMP
 
 log = logging.getLogger(__name__)
@@ -99,6 +109,8 @@ def round_steps(round_dir: Path, model: str, teacher: str, data: str, settings: 
 
 
 def _execute(step: Step) -> None:
+    if resident.active():
+        return _call_here(step)
     status = worker.delegate(step.argv) if step.launcher is None else None  # a fork of the stage worker
     if status is None:
         command = [sys.executable, "-m", "rosd.cli"] if step.launcher is None else step.launcher
@@ -107,6 +119,30 @@ def _execute(step: Step) -> None:
         status = subprocess.run([*command, *step.argv], preexec_fn=lambda: lifeline.die_with_parent(block)).returncode
     if status != 0:
         raise SystemExit(f"{step.stage} failed (exit status {status}); its log: {step.argv[1]}")
+
+
+def _call_here(step: Step) -> None:
+    """The step's stage function, called in this process (a resident block), its log lines also
+    written to the step's ``--log`` file."""
+    log_file, stage, options = step.argv[1], STAGES[step.argv[2]], step.argv[3:]
+    kwargs = {options[i].removeprefix("--").replace("-", "_"): options[i + 1] for i in range(0, len(options), 2)}
+    kwargs["settings"] = json.loads(kwargs["settings"])
+    module, function = stage.function.split(":")
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        getattr(importlib.import_module(module), function)(**kwargs)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _gone(path: str) -> bool:
+    """A checkpoint a stage can no longer read: removed after training from it, or held in memory
+    by a block process that is gone."""
+    return not os.path.exists(path) or _removed(Path(path)) or (resident.in_memory_only(path) and not resident.holds(path))
 
 
 class _LostCheckpoint(Exception):
@@ -135,7 +171,7 @@ def _run_block(run_dir: Path, inputs: dict[str, str], plan: dict) -> None:
             stamp_file = round_dir / STAMPS / step.stage
             there = all(p.exists() or _removed(p) for p in step.outputs)
             if not (there and stamp_file.exists() and stamp_file.read_text() == stamp):
-                if missing := [p for p in step.reads if not os.path.exists(p) or _removed(Path(p))]:
+                if missing := [p for p in step.reads if _gone(p)]:
                     raise _LostCheckpoint(f"round {round_index}: {step.stage} must run again and {missing[0]} is gone")
                 (round_dir / STAMPS / REMOVED).unlink(missing_ok=True)
                 started = time.perf_counter()
@@ -168,6 +204,15 @@ def run_rounds(*, model: str, teacher: str, data: str, out_model: str, out_metri
     # The last checkpoint is this job's output, never one removed after training from it (a mark
     # left there by blocks cut differently before, `rounds_per_job` changed).
     (expected / STAMPS / REMOVED).unlink(missing_ok=True)
+    # A resident block holds its models (rosd.stages.resident) and writes whole only the checkpoint
+    # Snakemake reads, or every one under checkpoints.keep: all.
+    last_rounds = range(settings["first"] if settings["keep_all"] else settings["last"], settings["last"] + 1)
+    holding = resident.hold({str(run_dir / f"round{r}" / "checkpoint") for r in last_rounds}) if os.environ.get(RESIDENT_ENV) == "1" else contextlib.nullcontext()
+    with holding:
+        _run_block_or_again(run_dir, inputs, settings)
+
+
+def _run_block_or_again(run_dir: Path, inputs: dict[str, str], settings: dict) -> None:
     try:
         _run_block(run_dir, inputs, settings)
     except _LostCheckpoint as lost:

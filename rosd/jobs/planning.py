@@ -53,6 +53,12 @@ def local_train_rows(path: str | Path, split: str = "train") -> int:
     return _rows_in(path)
 
 
+# "1" in a block's environment: it holds its models in memory (`execution.resident`, rosd/jobs/blocks.py;
+# set by workflow/rules/execution.smk). Not a setting of the job: it changes no byte of a result, so
+# changing it reruns nothing.
+RESIDENT_ENV = "ROSD_RESIDENT"
+
+
 def round_blocks(rounds: int, evaluated: list[int], rounds_per_job: int) -> list[tuple[int, int]]:
     """The (first, last) rounds of each job that runs rounds in a row (`execution.rounds_per_job`,
     rosd/jobs/blocks.py): consecutive blocks covering rounds 1..``rounds``, none longer than

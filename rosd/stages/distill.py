@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from statistics import mean
 
 import torch
@@ -23,10 +22,10 @@ from rosd.method.objective import step_updates
 from rosd.method.presets import unsupported
 from rosd.method.statistics import round_stats
 from rosd.method.sync_guard import summary, verdict
-from rosd.models.loading import load_model, load_tokenizer
-from rosd.training.checkpoints import EMA_TEACHER
-from rosd.training.steps import optimizer_for, record_old_logps, train_step
-from rosd.training.student import SingleProcess, load_student
+from rosd.models.loading import load_tokenizer
+from rosd.stages import resident
+from rosd.training.steps import record_old_logps, train_step
+from rosd.training.student import SingleProcess
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +67,11 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
         from rosd.training.sharding import Sharded
 
         runtime = Sharded(model, train, method, device=settings["device"], dtype=settings["dtype"])
-        student, optimizer, global_step = runtime.student, runtime.optimizer, runtime.resume(model)
+        student, optimizer, global_step, held = runtime.student, runtime.optimizer, runtime.resume(model), None
     else:
-        student = load_student(model, train, device=settings["device"])
-        optimizer, global_step = optimizer_for(student, train, Path(model))
-        ema = None
-        if method.get("teacher") == "ema":
-            previous = Path(model) / EMA_TEACHER
-            ema = load_model(str(previous) if previous.exists() else model, device=settings["device"]).eval()
-        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"], ema=ema)
+        held = resident.trainer(model, train, method, settings["device"])
+        student, optimizer, global_step = held.student, held.optimizer, held.global_step
+        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"], ema=held.ema)
     settings = dict(settings, pad_id=tokenizer.pad_token_id)
     steps = []
     total, steps_started = train["steps_per_round"], time.time()
@@ -103,7 +98,10 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
             )
         global_step += 1  # one training step, however many updates it took
     # Under several processes every one takes part in writing the checkpoint; the main one ends it.
-    runtime.write_checkpoint(out_model, tokenizer, optimizer, global_step)
+    if held is None:
+        runtime.write_checkpoint(out_model, tokenizer, optimizer, global_step)
+    else:  # the checkpoint, or, inside a resident block, the weights kept in memory (rosd.stages.resident)
+        resident.finish_round(held, runtime, out_model, tokenizer, global_step)
     if not runtime.is_main:
         return None
     metrics = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 
-from rosd.engines import load_engine
 from rosd.io.files import CorruptOutputError, read_output, write_jsonl
 from rosd.method.groups import mark_groups, teacher_context
 from rosd.method.presets import needs_reflection
@@ -17,6 +16,7 @@ from rosd.method.prompts import (
     teacher_messages,
 )
 from rosd.method.reflection import find_quote, loss_start, parse_reflection
+from rosd.stages import resident
 from rosd.stages.data import row_error
 from rosd.stages.rollouts import ROLLOUT_KEYS, check_rollout_rows
 from rosd.world.first_error import quote_line_offset, true_error_hit
@@ -89,11 +89,7 @@ def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
     kept = [r for r in rows if r["in_loss"]]
     engine = None
     if needs_reflection(method) and kept:
-        gen = settings["generation"]
-        engine = load_engine(
-            gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
-            tensor_parallel_size=gen["tensor_parallel_size"],
-        )
+        engine = resident.engine(model, settings)
         # Wrong rollouts are diagnosed against their sibling (a kept group always has one); correct
         # ones explained when reflect_correct (ref: reflection_include_for_correct).
         chosen = [r for r in kept if (r["reward"] == 0.0 and r["sibling"]) or (r["reward"] == 1.0 and settings["reflection"]["reflect_correct"])]

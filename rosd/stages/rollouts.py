@@ -7,10 +7,10 @@ import logging
 import random
 from collections import Counter
 
-from rosd.engines import load_engine
 from rosd.evaluation.grading import grade_batch
 from rosd.io.files import CorruptOutputError, jsonl_line, read_output, write_jsonl
 from rosd.method.prompts import chat_prompt_ids, student_messages
+from rosd.stages import resident
 from rosd.stages.data import (
     TASK_KEYS,
     check_prompt_positions,
@@ -40,13 +40,10 @@ def run_rollouts(*, model: str, data: str, out: str, settings: dict) -> None:
     """Sample ``rollouts_per_prompt`` responses per prompt from the round's starting checkpoint.
     Under ``data.max_prompt_tokens`` the train split first loses its too-long prompts (ref), and every
     row records how many (``train_prompts_dropped``, for the round's metrics)."""
-    train, gen = settings["train"], settings["generation"]
+    train = settings["train"]
     per_step = train["batch_prompts"]
     train_tasks = read_tasks(data)
-    engine = load_engine(
-        gen["backend"], model, device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
-        tensor_parallel_size=gen["tensor_parallel_size"],
-    )
+    engine = resident.engine(model, settings)
     split, dropped = drop_overlong_prompts(engine.tokenizer, train_tasks, settings, what=f"train split {data}")
     if not split:
         raise SystemExit(f"{data}: every train prompt is longer than data.max_prompt_tokens={max_prompt_tokens(settings)}")

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 
 from rosd.io.files import read_jsonl, write_torch
 from rosd.method.losses import add_tail
 from rosd.method.scoring import batches, logp_of, response_tokens
-from rosd.models.loading import load_model, load_tokenizer
-from rosd.training.checkpoints import EMA_TEACHER
+from rosd.models.loading import load_tokenizer
+from rosd.stages import resident
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +59,13 @@ def teacher_targets(teacher, student, rows: list[dict], *, support: str, topk: i
     return targets
 
 
-def teacher_dir(kind: str, theta0: str, student: str) -> str:
-    """Where the round's teacher weights are: θ0, the saved EMA weights, or the student itself."""
+def teacher_model(kind: str, theta0: str, student: str, settings: dict):
+    """The round's teacher: θ0 (frozen), the EMA weights the previous round kept with its
+    checkpoint (ema; the student's own before there are any), or the student itself (live)."""
     if kind == "frozen":
-        return theta0
-    ema = Path(student) / EMA_TEACHER
-    return str(ema) if kind == "ema" and ema.exists() else student
+        return resident.scoring_model(theta0, settings, frozen=True)
+    ema = resident.ema_teacher(student, settings) if kind == "ema" else None
+    return ema if ema is not None else resident.scoring_model(student, settings)
 
 
 def run_teacher_score(*, teacher: str, student: str, reflections: str, out: str, settings: dict) -> None:
@@ -74,10 +74,9 @@ def run_teacher_score(*, teacher: str, student: str, reflections: str, out: str,
     targets = []
     if method["objective"] == "distill" and rows:
         loss = method["loss"]
-        kwargs = dict(device=settings["device"], dtype=settings["dtype"])
         targets = teacher_targets(
-            load_model(teacher_dir(method["teacher"], teacher, student), **kwargs).eval(),
-            load_model(student, **kwargs).eval() if loss["support"] == "topk_tail" else None,
+            teacher_model(method["teacher"], teacher, student, settings),
+            resident.scoring_model(student, settings) if loss["support"] == "topk_tail" else None,
             rows,
             support=loss["support"],
             topk=loss["topk"],

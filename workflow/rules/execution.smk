@@ -8,6 +8,7 @@ from rosd.io import lifeline
 
 from rosd.jobs import worker
 from rosd.jobs.gpu_pool import SNAKEMAKE_PREFIX
+from rosd.jobs.planning import RESIDENT_ENV
 
 # A GPU job's command runs through `rosd with-gpu` (rosd/jobs/gpu_pool.py) when ROSD_GPUS is set: one
 # machine, several GPUs, each GPU job gets its own device(s). Unset, the prefix is empty.
@@ -69,6 +70,9 @@ def stage_worker_wanted():
 
 
 _stage_worker = []
+# A block of rounds holds its models in memory (rosd/stages/resident.py). Read by the block's process
+# from its environment, not its settings: it changes no result, so changing it reruns nothing.
+os.environ[RESIDENT_ENV] = "1" if config["execution"]["resident"] else "0"
 
 
 onstart:

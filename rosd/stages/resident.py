@@ -1,0 +1,174 @@
+"""Models a block of rounds keeps in memory (``execution.resident``, rosd/jobs/blocks.py): one
+generation engine, the frozen teacher, and the trainer (weights, AdamW state, global step, an EMA
+teacher) live across the block's stages and rounds. After a round's optimizer steps the new weights
+are pushed into the engine in memory: no model load, engine start or checkpoint read between rounds.
+
+The stages ask this module for their models by the checkpoint directory they were given. Outside a
+block (`hold` not entered) every call loads from disk, as a stage job always did. Inside one, a
+round's checkpoint is written whole only where Snakemake or an evaluation reads it (``written``);
+any other round's checkpoint holds its config and tokenizer only, marked ``IN_MEMORY``: its weights
+live in this process. A later process that finds the mark runs the block again from its input
+(rosd/jobs/blocks.py).
+
+One process, no LoRA: a block under ``train.launcher: accelerate`` or with ``train.lora`` does not
+hold its models (rosd/jobs/config.py refuses the combination in one line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rosd.engines import load_engine
+from rosd.io.files import atomic_dir
+from rosd.models.loading import load_model
+from rosd.training.checkpoints import EMA_TEACHER
+from rosd.training.steps import optimizer_for
+from rosd.training.student import load_student
+
+log = logging.getLogger(__name__)
+
+IN_MEMORY = "weights_in_memory"  # in a checkpoint directory: its weights were never written
+
+
+@dataclass
+class Trainer:
+    """The student of checkpoint ``path``: its weights, AdamW state, global step and EMA teacher."""
+
+    path: str
+    student: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    global_step: int
+    ema: torch.nn.Module | None
+
+
+class Held:
+    """What one block holds; ``written``: the checkpoints it writes whole."""
+
+    def __init__(self, written: set[str]):
+        self.written = {_key(p) for p in written}
+        self.engine, self.engine_path, self.engine_options = None, None, None
+        self.frozen: dict[tuple, torch.nn.Module] = {}
+        self.trainer: Trainer | None = None
+
+    def holds(self, path: str | Path) -> bool:
+        """Whether this process holds the weights of checkpoint ``path``."""
+        return self.trainer is not None and self.trainer.path == _key(path)
+
+
+_held: Held | None = None
+
+
+@contextlib.contextmanager
+def hold(written: set[str]):
+    """Keep the models of the stages run inside in memory; write whole only the ``written``
+    checkpoints."""
+    global _held
+    _held = Held(written)
+    try:
+        yield _held
+    finally:
+        _held = None
+
+
+def active() -> bool:
+    """Whether this process runs a resident block."""
+    return _held is not None
+
+
+def holds(path: str | Path) -> bool:
+    return _held is not None and _held.holds(path)
+
+
+def in_memory_only(path: str | Path) -> bool:
+    """A checkpoint whose weights a block held and never wrote."""
+    return (Path(path) / IN_MEMORY).exists()
+
+
+def engine(model: str, settings: dict):
+    """The generation engine on checkpoint ``model``, with the stage's generation settings."""
+    gen = settings["generation"]
+    options = dict(device=settings["device"], dtype=settings["dtype"], batch_size=gen["batch_size"],
+                   tensor_parallel_size=gen["tensor_parallel_size"])  # fmt: skip
+    if _held is None:
+        return load_engine(gen["backend"], model, **options)
+    key = (gen["backend"], tuple(sorted(options.items())))
+    if _held.engine is not None and _held.engine_options == key and _held.engine_path != _key(model) and _held.holds(model):
+        started = time.perf_counter()
+        _held.engine.load_weights(_held.trainer.student.state_dict())
+        log.info("pushed the weights of %s into the engine in %.2f s", model, time.perf_counter() - started)
+    elif _held.engine is None or _held.engine_options != key or _held.engine_path != _key(model):
+        _held.engine = None  # the old one goes before the new one loads
+        _held.engine = load_engine(gen["backend"], model, **options)
+    _held.engine_options, _held.engine_path = key, _key(model)
+    return _held.engine
+
+
+def scoring_model(model: str, settings: dict, *, frozen: bool = False) -> torch.nn.Module:
+    """Checkpoint ``model`` in eval mode for teacher scoring: kept when ``frozen`` (θ0 never
+    changes); in a block, the HF engine's own model when it holds these weights."""
+    kwargs = dict(device=settings["device"], dtype=settings["dtype"])
+    if _held is None:
+        return load_model(model, **kwargs).eval()
+    if frozen:
+        key = (_key(model), tuple(sorted(kwargs.items())))
+        if key not in _held.frozen:
+            _held.frozen[key] = load_model(model, **kwargs).eval()
+        return _held.frozen[key]
+    if _held.engine_path == _key(model) and isinstance(getattr(_held.engine, "model", None), torch.nn.Module):
+        return _held.engine.model
+    if _held.holds(model):
+        return _as_dtype(copy.deepcopy(_held.trainer.student).eval(), settings["dtype"])
+    return load_model(model, **kwargs).eval()
+
+
+def ema_teacher(student: str, settings: dict) -> torch.nn.Module | None:
+    """The EMA teacher saved with checkpoint ``student`` (or held with it), else None."""
+    if _held is not None and _held.holds(student) and _held.trainer.ema is not None:
+        ema = _held.trainer.ema
+        return ema if ema.dtype == getattr(torch, settings["dtype"]) else _as_dtype(copy.deepcopy(ema), settings["dtype"])
+    path = Path(student) / EMA_TEACHER
+    return load_model(str(path), device=settings["device"], dtype=settings["dtype"]).eval() if path.exists() else None
+
+
+def trainer(model: str, train: dict, method: dict, device: str) -> Trainer:
+    """The student of checkpoint ``model``, its AdamW and global step, and an EMA teacher (the
+    saved one, else the student's weights) when the method has one."""
+    if _held is not None and _held.holds(model):
+        return _held.trainer
+    student = load_student(model, train, device=device)
+    optimizer, global_step = optimizer_for(student, train, Path(model))
+    ema = None
+    if method.get("teacher") == "ema":
+        previous = Path(model) / EMA_TEACHER
+        ema = load_model(str(previous) if previous.exists() else model, device=device).eval()
+    return Trainer(_key(model), student, optimizer, global_step, ema)
+
+
+def finish_round(held: Trainer, runtime, out: str, tokenizer, global_step: int) -> None:
+    """Write checkpoint ``out``: whole outside a block or where it is read, else its config and
+    tokenizer (``IN_MEMORY``), the weights kept in this process."""
+    if _held is None or _key(out) in _held.written:
+        runtime.write_checkpoint(out, tokenizer, held.optimizer, global_step)
+    else:
+        with atomic_dir(out) as tmp:
+            held.student.config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / IN_MEMORY).write_text("the weights of this checkpoint were held in memory by the block that made it\n")
+    if _held is not None:
+        held.path, held.global_step = _key(out), global_step
+        _held.trainer = held
+
+
+def _as_dtype(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    return model.to(dtype=getattr(torch, dtype))
+
+
+def _key(path: str | Path) -> str:
+    return str(Path(path))

@@ -1,0 +1,82 @@
+"""Models held in memory by a block of rounds (rosd/stages/resident.py): the trainer carried from
+round to round equals the one read back from checkpoints, an unwritten checkpoint is marked, and an
+engine given new weights in memory samples as one loaded from them. The same bytes through a real
+block of rounds: tests/test_round_blocks.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import METHOD, files, rounds, theta0  # noqa: F401  (fixtures)
+
+from rosd.engines.hf import HFEngine
+from rosd.models.loading import load_model, load_tokenizer
+from rosd.stages import resident
+from rosd.training.checkpoints import EMA_TEACHER, TRAINER_STATE
+
+SDPO = {**METHOD, "teacher": "ema", "ema_rate": 0.05}
+
+
+def _weights(checkpoint) -> dict[str, torch.Tensor]:
+    return {name: tensor for file in sorted(checkpoint.glob("*.safetensors")) for name, tensor in load_file(file).items()}
+
+
+@pytest.mark.parametrize("method", [METHOD, SDPO], ids=["frozen-teacher", "ema-teacher"])
+def test_rounds_held_in_memory_end_where_rounds_through_checkpoints_end(method, theta0, files, tmp_path):  # noqa: F811
+    on_disk = rounds(theta0, files, tmp_path / "disk", 2, method=method)
+    held = tmp_path / "held"
+    with resident.hold({str(held / "round2")}):
+        last = rounds(theta0, files, held, 2, method=method)
+        assert resident.holds(last) and not resident.holds(held / "round1")
+    assert not resident.active()
+    unwritten = held / "round1"  # round 2's AdamW moments come from round 1's step, held in memory
+    assert (unwritten / resident.IN_MEMORY).exists() and (unwritten / "config.json").exists()
+    assert not list(unwritten.glob("*.safetensors")) and not (unwritten / TRAINER_STATE).exists()
+    for r in (1, 2):
+        assert (held / f"metrics{r}.json").read_bytes() == (tmp_path / "disk" / f"metrics{r}.json").read_bytes()
+    for name, tensor in _weights(on_disk).items():
+        assert torch.equal(_weights(last)[name], tensor), name
+    written, read_back = (torch.load(c / TRAINER_STATE, weights_only=True) for c in (last, on_disk))
+    assert written["global_step"] == read_back["global_step"] == 2
+    torch.testing.assert_close(written["optimizer"], read_back["optimizer"], rtol=0, atol=0)
+    if method is SDPO:
+        for name, tensor in _weights(on_disk / EMA_TEACHER).items():
+            assert torch.equal(_weights(last / EMA_TEACHER)[name], tensor), name
+
+
+def test_an_engine_given_weights_in_memory_samples_as_one_loaded_from_them(theta0, tmp_path):  # noqa: F811
+    moved = load_model(theta0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in moved.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    moved.save_pretrained(tmp_path / "moved")
+    load_tokenizer(theta0).save_pretrained(tmp_path / "moved")
+
+    pushed = HFEngine(theta0)
+    prompts = [pushed.tokenizer("Compute 12 + 30.")["input_ids"], pushed.tokenizer("Sort: c a b")["input_ids"]]
+    sample = dict(n=3, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=7)
+    before = pushed.generate(prompts, **sample)
+    pushed.load_weights(moved.state_dict())
+    after, loaded = pushed.generate(prompts, **sample), HFEngine(str(tmp_path / "moved")).generate(prompts, **sample)
+    as_lists = [[(s.ids, s.logps) for s in group] for group in after]
+    assert as_lists == [[(s.ids, s.logps) for s in group] for group in loaded]
+    assert as_lists != [[(s.ids, s.logps) for s in group] for group in before]
+
+
+def test_a_block_engine_is_started_once_and_given_each_rounds_weights(theta0, files, tmp_path):  # noqa: F811
+    """Inside a block: the engine of round 2's checkpoint is the one started on θ0, given the weights
+    the rounds trained (round 1 runs at the warm-up's lr 0); teacher scoring reads them from the
+    engine's model."""
+    settings = {"device": "cpu", "dtype": "float32", "generation": {"backend": "hf", "batch_size": 8, "tensor_parallel_size": 1}}
+    with resident.hold(set()):
+        started = resident.engine(theta0, settings)
+        second = rounds(theta0, files, tmp_path, 2)
+        engine = resident.engine(str(second), settings)
+        assert engine is started
+        trained = resident.scoring_model(str(second), settings)
+        assert trained is engine.model
+        reference = load_model(theta0)
+        assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reference.state_dict().values()))
+        assert resident.scoring_model(theta0, settings, frozen=True) is resident.scoring_model(theta0, settings, frozen=True)
