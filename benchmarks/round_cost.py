@@ -1,10 +1,10 @@
 """What one training round costs as pipeline jobs, against the same work in one warm process.
 
-    python benchmarks/round_cost.py [--config default|tiny] [--model world|qwen3-0.6b] [--repeats 2] [--out FILE]
+    python benchmarks/round_cost.py [--config default|tiny] [--model world|qwen3-0.6b] [--rounds 3] [--repeats 2] [--out FILE]
 
 It runs one rosd round of the default config at 16 prompts (16 x 8 rollouts of up to 96 tokens; ``tiny``:
-tests/configs/tiny.yaml, 4 x 4 of up to 48) through Snakemake up to its distill job, then times the
-round's five stage commands (rollouts, grade, reflect, teacher-score, distill) three ways, each on the
+tests/configs/tiny.yaml, 4 x 4 of up to 48) and the rounds after it through Snakemake, then times
+round 1's five stage commands (rollouts, grade, reflect, teacher-score, distill) three ways, each on the
 same inputs:
 
 - **pipeline**: each command as its own process (`execution.stage_worker: false`): process start,
@@ -14,11 +14,15 @@ same inputs:
   the work.
 - **fused**: the same commands called in one Python process (`rosd.cli.main`) that already ran them
   once, so imports are paid and only the work (and each stage's model load from disk) is timed.
+- **resident**: rounds 1..``--rounds`` called in one process that holds its models
+  (`execution.resident`, rosd/stages/resident.py): the engine started once, the new weights pushed
+  into it after each round, no checkpoint read or written between rounds. Rounds 2.. are compared
+  with the same rounds fused; the engine's start and one push are timed apart.
 
 Each timing is the best of ``--repeats``. The difference from fused is the round's fixed cost per
-stage; the ratios pipeline/fused and worker/fused say what is left of it. A third, instrumented cold run per stage splits the pipeline time into phases: the
-interpreter's start, the imports of the stage's module, the stage command (its lazy imports, model
-loads and work) and the exit after it returned. Model load and checkpoint write are timed per GB.
+stage; the ratios pipeline/fused and worker/fused say what is left of it. Each pipeline run is
+instrumented, splitting its time into phases: the interpreter's start, the imports of the stage's
+module, the stage command (its lazy imports, model loads and work) and the exit after it returned. Model load and checkpoint write are timed per GB.
 
 ``--model qwen3-0.6b`` makes θ0 a Qwen3-0.6B-shaped model with random weights (the world's
 tokenizer; 2.4 GB in float32): generation runs to the token limit and training moves 0.6 B
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -73,7 +78,7 @@ def environment() -> dict:
 def snakemake(workdir: Path, configs: list[Path], *args: str) -> str:
     command = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-        "--configfile", *map(str, configs), *args,
+        *args, "--configfile", *map(str, configs),  # after the args: a target is not a config file
     ]  # fmt: skip
     done = subprocess.run(command, env=environment(), capture_output=True, text=True)
     if done.returncode != 0:
@@ -96,21 +101,54 @@ def random_qwen3(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def stage_commands(workdir: Path, configs: list[Path]) -> dict[str, list[str]]:
-    """The round's stage commands as the rules run them, without their --log."""
-    printed = snakemake(workdir, configs, "-n", "-p", "--forcerun", "rollouts", "--until", "distill")
-    commands = {}
+def last_metrics(experiment: str, rounds: int) -> str:
+    """The file the run's last distill job writes: the target that runs every round."""
+    return f"results/{experiment}/runs/rosd/math/seed0/round{rounds}/metrics.json"
+
+
+def stage_commands(workdir: Path, configs: list[Path], target: str, rounds: int) -> list[dict[str, list[str]]]:
+    """Each round's stage commands as the rules run them, without their --log."""
+    printed = snakemake(workdir, configs, "-n", "-p", "--forcerun", "rollouts", target)
+    commands = [{} for _ in range(rounds)]
     for line in printed.splitlines():
         if "rosd --log" not in line:
             continue
-        argv = shlex.split(line[line.index("rosd --log") :])
-        argv = argv[3:]  # drop rosd --log FILE
+        argv = shlex.split(line[line.index("rosd --log") :])[3:]  # drop rosd --log FILE
         if argv[0] in STAGES:
-            commands[argv[0]] = argv
-    missing = set(STAGES) - set(commands)
-    if missing:
-        sys.exit(f"no command printed for {sorted(missing)}:\n{printed[-2000:]}")
+            out = argv[argv.index("--out" if "--out" in argv else "--out-metrics") + 1]
+            commands[int(re.search(r"/round(\d+)/", out).group(1)) - 1][argv[0]] = argv
+    for index, round_commands in enumerate(commands):
+        if missing := set(STAGES) - set(round_commands):
+            sys.exit(f"no command printed for {sorted(missing)} of round {index + 1}:\n{printed[-2000:]}")
     return commands
+
+
+def timed_rounds(commands: list[dict[str, list[str]]], run) -> list[float]:
+    """Seconds of each round's five commands, called in this process by ``run``."""
+    times = []
+    for index, round_commands in enumerate(commands):
+        started = time.perf_counter()
+        for stage in STAGES:
+            run(round_commands[stage])
+        times.append(time.perf_counter() - started)
+        print(f"round {index + 1}: {times[-1]:.2f} s", flush=True)
+    return times
+
+
+def engine_costs(commands: dict[str, list[str]]) -> tuple[float, float]:
+    """Seconds to start the round's engine on its model, and to push checkpoint 1's weights into it."""
+    from rosd.models.loading import load_model
+    from rosd.stages import resident
+
+    argv = commands["rollouts"]
+    settings = json.loads(argv[argv.index("--settings") + 1])
+    started = time.perf_counter()
+    engine = resident.engine(argv[argv.index("--model") + 1], settings)
+    start_s = time.perf_counter() - started
+    weights = load_model(commands["distill"][commands["distill"].index("--out-model") + 1]).state_dict()
+    started = time.perf_counter()
+    engine.load_weights(weights)
+    return start_s, time.perf_counter() - started
 
 
 def phases(argv: list[str]) -> dict[str, float]:
@@ -157,15 +195,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["default", "tiny"], default="default")
     parser.add_argument("--model", choices=["world", "qwen3-0.6b"], default="world")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds run; rounds 2.. compare resident with fused")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both ways (Snakemake gives a job without `threads` 1)")
     parser.add_argument("--out", help="also write the result as JSON")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: rounds 2.. compare the resident path with the fused one")
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        overlay = dict(OVERLAY, **(DEFAULT_BATCH if args.config == "default" else {}))
+        overlay = dict(OVERLAY, rounds=args.rounds, **(DEFAULT_BATCH if args.config == "default" else {}))
         if args.model == "qwen3-0.6b":
             random_qwen3(workdir / "qwen3_random")
             overlay["model"] = {"init": "path", "path": str(workdir / "qwen3_random")}
@@ -173,21 +214,23 @@ def main() -> None:
         overlay_file.write_text(json.dumps(overlay))
         configs = [REPO / "tests" / "configs" / "tiny.yaml"] if args.config == "tiny" else []
         configs = [REPO / "config" / "config.yaml", *configs, overlay_file]
-        print("running the round once through Snakemake ...", flush=True)
-        snakemake(workdir, configs, "--until", "distill", "--notemp")
-        commands = stage_commands(workdir, configs)
+        print(f"running {args.rounds} rounds once through Snakemake ...", flush=True)
+        target = last_metrics(args.config, args.rounds)  # the experiment is named after the config
+        snakemake(workdir, configs, target, "--notemp")
+        by_round = stage_commands(workdir, configs, target, args.rounds)
+        commands = by_round[0]
         os.chdir(workdir)
 
-        cold = {stage: [] for stage in STAGES}
+        cold, split = {stage: [] for stage in STAGES}, {}
         for _ in range(args.repeats):
             for stage in STAGES:
-                started = time.perf_counter()
-                subprocess.run(["rosd", *commands[stage]], env=environment(), check=True, capture_output=True)
-                cold[stage].append(time.perf_counter() - started)
+                run_phases = phases(commands[stage])
+                cold[stage].append(sum(run_phases.values()))
+                if cold[stage][-1] == min(cold[stage]):
+                    split[stage] = run_phases  # the phases of the best run
                 print(f"pipeline {stage}: {cold[stage][-1]:.2f} s", flush=True)
 
         through_worker = timed_through_worker(commands, args.repeats, workdir / "stage_worker.log")
-        split = {stage: phases(commands[stage]) for stage in STAGES}
         from rosd.cli import main as rosd_command
 
         for stage in STAGES:  # warm-up: imports and lazy imports paid once
@@ -199,6 +242,13 @@ def main() -> None:
                 rosd_command(commands[stage])
                 warm[stage].append(time.perf_counter() - started)
                 print(f"fused {stage}: {warm[stage][-1]:.2f} s", flush=True)
+
+        fused_rounds = timed_rounds(by_round, rosd_command)
+        from rosd.stages import resident
+
+        start_s, push_s = engine_costs(by_round[0])
+        with resident.hold(set()):  # last: its rounds leave checkpoints whose weights only it held
+            resident_rounds = timed_rounds(by_round, rosd_command)
 
         from rosd.models.loading import load_model
 
@@ -224,12 +274,19 @@ def main() -> None:
         "round_pipeline_s": round(pipeline, 2), "round_worker_s": round(through, 2), "round_fused_s": round(fused, 2),
         "ratio": round(pipeline / fused, 2), "worker_ratio": round(through / fused, 2),
         "load_s_per_gb": round(load_s / gb, 2), "write_s_per_gb": round(write_s / gb, 2),
+        # rounds 2..: the same work both ways, models loaded by each stage (fused) or held (resident)
+        "rounds": args.rounds, "fused_rounds_s": [round(t, 3) for t in fused_rounds],
+        "resident_rounds_s": [round(t, 3) for t in resident_rounds],
+        "resident_ratio": round(sum(resident_rounds[1:]) / sum(fused_rounds[1:]), 3),
+        "engine_start_s": round(start_s, 3), "push_s": round(push_s, 3),
         "repeats": args.repeats, "threads": args.threads, "cpus": os.cpu_count(),
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     print(f"round: pipeline {pipeline:.1f} s, through the stage worker {through:.1f} s, fused {fused:.1f} s, "
           f"ratios {pipeline / fused:.2f}x and {through / fused:.2f}x "
-          f"(fixed cost {statistics.fmean(v['fixed_s'] for v in stages.values()):.1f} s a stage)")
+          f"(fixed cost {statistics.fmean(v['fixed_s'] for v in stages.values()):.1f} s a stage); rounds 2-{args.rounds}: "
+          f"resident {sum(resident_rounds[1:]):.1f} s, fused {sum(fused_rounds[1:]):.1f} s ({result['resident_ratio']:.2f}x), "
+          f"engine start {start_s:.2f} s, weight push {push_s:.3f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

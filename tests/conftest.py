@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 from pipeline_run import run
 
 
@@ -34,19 +31,7 @@ def _no_process_outside_the_pipeline_lane(request, monkeypatch):
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory) -> Path:
     """The directory of one uninterrupted run of tests/configs/tiny.yaml: the pipeline tests read
-    it, the fault suite ends equal to it, the SLURM run's tables match it. Under pytest-xdist
-    (`-n 2`, pyproject.toml) the workers share one run: the first to take the lock makes it in
-    their common temporary directory, the others wait for it."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        workdir = tmp_path_factory.mktemp("pipeline")
-        run(workdir)
-        return workdir
-    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's own
-    workdir, done = shared / "pipeline", shared / "pipeline.done"
-    with FileLock(str(shared / "pipeline.lock")):
-        if not done.exists():
-            shutil.rmtree(workdir, ignore_errors=True)  # a run that failed in another worker
-            workdir.mkdir()
-            run(workdir)
-            done.touch()
+    it, the fault suite ends equal to it, the SLURM run's tables match it."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    run(workdir)
     return workdir

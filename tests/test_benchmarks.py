@@ -1,7 +1,7 @@
 """The benchmarks' scripts run here on small shapes, so their code paths are checked; their numbers
 mean nothing here. The GPU benchmark's --smoke mode runs rosd's engine, teacher scoring and train
-step on the CPU; the round-cost benchmark times the tiny config's round; the paper-DAG benchmark
-plans a matrix capped at two rounds."""
+step on the CPU; the round-cost benchmark times the tiny config's round, and its second round fused
+and resident; the paper-DAG benchmark plans a matrix capped at two rounds."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_gpu_throughput_smoke_writes_every_phase(tmp_path):
 def test_round_cost_times_every_stage_both_ways(tmp_path):
     out = tmp_path / "round_cost.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "round_cost.py"), "--config", "tiny", "--repeats", "1", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "round_cost.py"), "--config", "tiny", "--rounds", "2", "--repeats", "1", "--out", str(out)],
         env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,6 +45,9 @@ def test_round_cost_times_every_stage_both_ways(tmp_path):
         assert set(stage["phases_s"]) == {"start", "imports", "stage", "exit"}
     assert report["round_pipeline_s"] == pytest.approx(sum(s["pipeline_s"] for s in report["stages"].values()), abs=0.01)
     assert report["ratio"] == pytest.approx(report["round_pipeline_s"] / report["round_fused_s"], rel=0.01)
+    assert len(report["fused_rounds_s"]) == len(report["resident_rounds_s"]) == 2
+    assert report["resident_ratio"] == pytest.approx(report["resident_rounds_s"][1] / report["fused_rounds_s"][1], rel=0.01)
+    assert report["engine_start_s"] > 0 and report["push_s"] > 0
 
 
 def _paper_dag(tmp_path, *args: str) -> dict:

@@ -22,6 +22,7 @@ from pipeline_run import (
     snakemake_command,
 )
 
+from rosd.jobs import blocks
 from rosd.jobs.planning import round_blocks
 from rosd.stages.resident import IN_MEMORY
 
@@ -63,34 +64,10 @@ def _kill_a_block_in_its_second_round(workdir: Path, overlay: Path) -> str:
     return killed
 
 
-@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the block's process through /proc")
-@pytest.mark.parametrize("resident", [False, True], ids=["stage-processes", "resident"])
-def test_blocks_give_the_per_stage_bytes_resume_a_kill_and_rerun_only_what_changed(resident, finished, tmp_path):
-    """Both ways of running a block: each stage a fork of the stage worker, or every stage in the
-    block's own process with its models resident (`execution.resident`, rosd/stages/resident.py)."""
-    overlay = tmp_path / "blocks.yaml"
-    overlay.write_text(f"execution: {{rounds_per_job: 2, evaluation_jobs: checkpoint, resident: {str(resident).lower()}}}\n"
-                       "evaluation: {every_steps: 2}\n")
-    plan = planned_jobs(run(tmp_path, "-n", configs=[overlay]).stdout)
-    assert plan["round_block"] == 2 and plan["evaluate_checkpoint"] == 3  # θ0 and each run's round 2
-    assert not {"rollouts", "distill", "evaluate"} & set(plan)
-
-    killed = _kill_a_block_in_its_second_round(tmp_path, overlay)
-    round1_checkpoint = tmp_path / killed / "round1" / "checkpoint"
-    # Resident: round 1's weights were pushed into the engine, never written.
-    assert (round1_checkpoint / IN_MEMORY).exists() == resident
-    assert any(round1_checkpoint.glob("*.safetensors")) != resident
-    finished_stages = [tmp_path / killed / "round1" / name for name in ROUND_FILES] + [tmp_path / killed / "round2" / "rollouts.jsonl"]
-    done_before = {p: p.stat().st_mtime_ns for p in finished_stages}
-    run(tmp_path, "--rerun-incomplete", configs=[overlay])
-    rerun = [p.name for p in done_before if p.stat().st_mtime_ns != done_before[p]]
-    if resident:  # round 2's reflect needs round 1's weights, which died with the block: it runs again from its input
-        assert rerun == [*ROUND_FILES, "rollouts.jsonl"]
-        assert "running the block again from round 1" in (tmp_path / killed / "round2" / "logs" / "round_block.log").read_text()
-    else:  # the block resumes in the stage it was in
-        assert rerun == [], "a finished stage of the killed block ran again"
-
-    exp, reference = tmp_path / EXP, finished / EXP
+def _run_equals_the_per_stage_run(workdir: Path, finished: Path) -> None:
+    """Every round file and evaluation of the blocks' run in ``workdir`` has the bytes of the
+    per-stage run in ``finished``; on disk: θ0, and each run's newest checkpoint kept whole."""
+    exp, reference = workdir / EXP, finished / EXP
     for method in ("opsd", "rosd"):
         for round_index in (1, 2):
             for name in ROUND_FILES:
@@ -103,9 +80,46 @@ def test_blocks_give_the_per_stage_bytes_resume_a_kill_and_rerun_only_what_chang
     assert len(evaluated) == 12  # (θ0, opsd, rosd) × (math, mcq) × (samples, summary)
     for path in evaluated:
         assert (exp / path).read_bytes() == (reference / path).read_bytes(), path
-    # On disk: θ0, and each run's newest checkpoint kept whole; round 1's was removed once trained from.
+    # Round 1's checkpoint was removed once trained from (resident: never written whole).
     models = sorted(str(p.parent.relative_to(exp)) for p in exp.rglob("config.json"))
     assert models == ["models/theta0", "runs/opsd/math/seed0/round2/model", "runs/rosd/math/seed0/round2/model"]
+
+
+def _blocks(tmp_path: Path, resident: bool) -> Path:
+    overlay = tmp_path / "blocks.yaml"
+    overlay.write_text(f"execution: {{rounds_per_job: 2, evaluation_jobs: checkpoint, resident: {str(resident).lower()}}}\n"
+                       "evaluation: {every_steps: 2}\n")
+    plan = planned_jobs(run(tmp_path, "-n", configs=[overlay]).stdout)
+    assert plan["round_block"] == 2 and plan["evaluate_checkpoint"] == 3  # θ0 and each run's round 2
+    assert not {"rollouts", "distill", "evaluate"} & set(plan)
+    return overlay
+
+
+def test_blocks_of_stage_processes_give_the_per_stage_bytes(finished, tmp_path):
+    """Each stage of a block a fork of the stage worker, as the per-stage rules run it. (How such a
+    block resumes after a kill: test_a_block_resumes_in_the_stage_it_was_in below.)"""
+    overlay = _blocks(tmp_path, resident=False)
+    run(tmp_path, configs=[overlay])
+    _run_equals_the_per_stage_run(tmp_path, finished)
+    assert "Nothing to be done" in run(tmp_path, "-n", configs=[overlay]).stdout
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the block's process through /proc")
+def test_resident_blocks_give_the_per_stage_bytes_rerun_a_killed_block_and_only_what_changed(finished, tmp_path):
+    """Every stage in the block's own process, its models held in memory (`execution.resident`,
+    rosd/stages/resident.py)."""
+    overlay = _blocks(tmp_path, resident=True)
+    killed = _kill_a_block_in_its_second_round(tmp_path, overlay)
+    round1_checkpoint = tmp_path / killed / "round1" / "checkpoint"
+    # Round 1's weights were pushed into the engine, never written.
+    assert (round1_checkpoint / IN_MEMORY).exists() and not any(round1_checkpoint.glob("*.safetensors"))
+    finished_stages = [tmp_path / killed / "round1" / name for name in ROUND_FILES] + [tmp_path / killed / "round2" / "rollouts.jsonl"]
+    done_before = {p: p.stat().st_mtime_ns for p in finished_stages}
+    run(tmp_path, "--rerun-incomplete", configs=[overlay])
+    # Round 2's reflect needs round 1's weights, which died with the block: it ran again from its input.
+    assert [p.name for p in done_before if p.stat().st_mtime_ns != done_before[p]] == [*ROUND_FILES, "rollouts.jsonl"]
+    assert "running the block again from round 1" in (tmp_path / killed / "round2" / "logs" / "round_block.log").read_text()
+    _run_equals_the_per_stage_run(tmp_path, finished)
     assert "Nothing to be done" in run(tmp_path, "-n", configs=[overlay]).stdout
 
     # A reflection setting reaches rosd's reflections: its block reruns from round 1's reflect on.
@@ -113,8 +127,69 @@ def test_blocks_give_the_per_stage_bytes_resume_a_kill_and_rerun_only_what_chang
     warmer.write_text("reflection: {temperature: 0.9}\n")
     planned = run(tmp_path, "-n", configs=[overlay, warmer]).stdout
     assert planned_jobs(planned)["round_block"] == 1 and "method=opsd" not in planned
-    round1 = exp / "runs" / "rosd" / "math" / "seed0" / "round1"
+    round1 = tmp_path / EXP / "runs" / "rosd" / "math" / "seed0" / "round1"
     before = {name: (round1 / name).stat().st_mtime_ns for name in ROUND_FILES}
     run(tmp_path, configs=[overlay, warmer])
     after = {name: (round1 / name).stat().st_mtime_ns for name in ROUND_FILES}
     assert [name for name in ROUND_FILES if after[name] != before[name]] == ["reflections.jsonl", "teacher.pt", "metrics.json"]
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL of the block in the middle of a stage."""
+
+
+def _fake_stages(monkeypatch, ran: list, kill_at: tuple[int, str] | None = None) -> None:
+    """Each step of a block writes its outputs (a checkpoint: a directory with one file) and is
+    recorded in ``ran`` as (round, stage), instead of running; the step ``kill_at`` dies first."""
+
+    def execute(step):
+        where = (int(step.outputs[0].parent.name.removeprefix("round")), step.stage)
+        if where == kill_at:
+            raise _Killed
+        for output in step.outputs:
+            if output.name == "checkpoint":
+                output.mkdir(parents=True, exist_ok=True)
+                (output / "model.safetensors").write_text(f"weights of {where}")
+            else:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.write_text(f"{where} {step.argv}")
+        ran.append(where)
+
+    monkeypatch.setattr(blocks, "_execute", execute)
+
+
+def _plan(reflect_temperature: float = 1.0) -> dict:
+    stages = {name: {"round": 1} for name in ("rollouts", "grade", "teacher", "distill")}
+    return {"first": 1, "last": 2, "stages": {**stages, "reflect": {"round": 1, "temperature": reflect_temperature}},
+            "trainer": None, "frozen_teacher": True, "keep_all": False}
+
+
+def test_a_block_resumes_in_the_stage_it_was_in(tmp_path, monkeypatch):
+    """The stamps of rosd/jobs/blocks.py, without processes: killed in round 2's reflect, the block
+    run again skips every finished stage; a changed reflection setting reruns from round 1's reflect."""
+    for name in ("theta0", "data.jsonl"):
+        (tmp_path / name).write_text(name)
+    inputs = {"model": str(tmp_path / "theta0"), "teacher": str(tmp_path / "theta0"), "data": str(tmp_path / "data.jsonl")}
+    run_dir, stages = tmp_path / "run", ["rollouts", "grade", "reflect", "teacher", "distill"]
+    ran = []
+    _fake_stages(monkeypatch, ran, kill_at=(2, "reflect"))
+    with pytest.raises(_Killed):
+        blocks._run_block(run_dir, inputs, _plan())
+    assert ran == [(1, s) for s in stages] + [(2, "rollouts"), (2, "grade")]
+    ran.clear()
+    _fake_stages(monkeypatch, ran)
+    blocks._run_block(run_dir, inputs, _plan())
+    assert ran == [(2, s) for s in stages[2:]]
+    # Round 1's checkpoint was removed once round 2 trained from it, and marked so.
+    assert not (run_dir / "round1" / "checkpoint").exists() and (run_dir / "round1" / blocks.STAMPS / blocks.REMOVED).exists()
+    ran.clear()
+    blocks._run_block(run_dir, inputs, _plan())
+    assert ran == []
+    # A reflection setting: round 1 from its reflect on (its distill writes round 1's checkpoint
+    # again), then round 2, whose inputs changed with it.
+    blocks._run_block(run_dir, inputs, _plan(reflect_temperature=0.9))
+    assert ran == [(1, s) for s in stages[2:]] + [(2, s) for s in stages]
+    # Round 2's reflect to run again and round 1's checkpoint gone: `run_rounds` starts the block over.
+    (run_dir / "round2" / blocks.STAMPS / "reflect").unlink()
+    with pytest.raises(blocks._LostCheckpoint, match="round 2: reflect must run again and .*round1/checkpoint is gone"):
+        blocks._run_block(run_dir, inputs, _plan(reflect_temperature=0.9))

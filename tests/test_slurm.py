@@ -1,8 +1,8 @@
 """The pipeline through a real SLURM cluster: the shipped profile (workflow/profiles/slurm) with its
 job sizes shrunk to a one-node test cluster (tests/slurm/start_cluster.sh: slurmctld + slurmd on
 this machine, no accounting). The shrunken pipeline (tests/configs/tiny.yaml, rosd and base only, one
-round), run as the paper presets run on a cluster (a block of rounds per job, one evaluation job per
-checkpoint), must run every job but the local rules in a SLURM allocation and end with the rows of
+round), run as the paper presets run on a cluster (a block of rounds per job, here with its models
+resident, and one evaluation job per checkpoint), must run every job but the local rules in a SLURM allocation and end with the rows of
 the local per-stage run's tables (tests/conftest.py's `finished`, which also trains opsd and a second
 round: a method's rows do not depend on another method or on later rounds; blocks write the
 per-stage bytes, tests/test_round_blocks.py).
@@ -75,8 +75,9 @@ def shrunk_profile(folder: Path) -> Path:
 
 def test_pipeline_runs_in_slurm_allocations_with_the_local_tables(cluster, finished, tmp_path):
     overlay = tmp_path / "methods.yaml"
-    # The paper presets' execution (config/paper_*.yaml): rounds in blocks, one evaluation job per checkpoint.
-    overlay.write_text("methods: [base, rosd]\nrounds: 1\nexecution: {rounds_per_job: 10, evaluation_jobs: checkpoint}\n")
+    # The paper presets' execution (config/paper_*.yaml): rounds in blocks, one evaluation job per
+    # checkpoint; the block's models resident (execution.resident), as a one-process trainer can.
+    overlay.write_text("methods: [base, rosd]\nrounds: 1\nexecution: {rounds_per_job: 10, evaluation_jobs: checkpoint, resident: true}\n")
     on_slurm = tmp_path / "slurm"
     on_slurm.mkdir()
     expected = planned_jobs(run(on_slurm, "-n", configs=[overlay]).stdout)

@@ -64,3 +64,39 @@ def test_sampler_logprobs_equal_the_trainers_recomputation(engine, prompts):
             trainer = logp_of(model, hidden, 1.0).gather(-1, torch.tensor(sample.ids)[:, None]).squeeze(-1)
             assert len(sample.logps) == len(sample.ids)
             assert torch.allclose(trainer, torch.tensor(sample.logps), atol=LOGP_TOLERANCE), (trainer - torch.tensor(sample.logps)).abs().max()
+
+
+def _largest_gap(model, prompts, groups) -> float:
+    """The largest |sampler − trainer| log-prob over the sampled tokens, the trainer being ``model``."""
+    pad, largest = 0, 0.0
+    with torch.no_grad():
+        for prompt, samples in zip(prompts, groups):
+            for sample in samples:
+                hidden = response_tokens(model, [prompt], [sample.ids], pad_id=pad)
+                trainer = logp_of(model, hidden, 1.0).gather(-1, torch.tensor(sample.ids)[:, None]).squeeze(-1)
+                largest = max(largest, float((trainer - torch.tensor(sample.logps)).abs().max()))
+    return largest
+
+
+def test_pushed_weights_reach_the_sampler_only_with_the_prefix_cache_dropped(engine, prompts):
+    """A resident block's push (rosd/stages/resident.py): new weights loaded in place, as vLLM's
+    `reload_weights` does, leave the prefix cache holding the old weights' keys and values, and a
+    prompt that hits it samples from neither model (the weight-sync guard's case). `load_weights`
+    drops the cache with the push: the samples then match an HF forward of the new weights."""
+    theta0 = load_model(str(THETA0)).eval()
+    moved = load_model(str(THETA0)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in moved.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    long_prompts = [p * 8 for p in prompts]  # several full KV blocks each, so the prefix cache holds them
+    try:
+        generate(engine, long_prompts, 5)  # the cache now holds θ0's blocks of these prompts
+        engine.llm.llm_engine.model_executor.driver_worker.model_runner.reload_weights(weights_iterator=iter(moved.state_dict().items()))
+        stale = _largest_gap(moved, long_prompts, generate(engine, long_prompts, 5))
+        assert stale > 0.1, stale  # above the guard's default limit (train.sampler_gap_limit)
+        engine.load_weights(moved.state_dict())
+        assert _largest_gap(moved, long_prompts, generate(engine, long_prompts, 5)) < LOGP_TOLERANCE
+    finally:
+        engine.load_weights(theta0.state_dict())
+    assert _largest_gap(theta0, prompts, generate(engine, prompts, 6)) < LOGP_TOLERANCE

@@ -172,8 +172,7 @@ def _run_fork(request: dict, fds: list[int], fresh: dict, worker_fds: list[int],
             os.close(fd)
         os.chdir(request["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
-        os.environ.pop(ENV, None)
+        os.environ.update(request["env"])  # the worker's name too: a block of rounds hands it each stage
         import torch
 
         threads = os.environ.get("OMP_NUM_THREADS", "")
