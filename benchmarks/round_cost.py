@@ -108,7 +108,7 @@ def last_metrics(experiment: str, rounds: int) -> str:
 
 def stage_commands(workdir: Path, configs: list[Path], target: str, rounds: int) -> list[dict[str, list[str]]]:
     """Each round's stage commands as the rules run them, without their --log."""
-    printed = snakemake(workdir, configs, "-n", "-p", "--forcerun", "rollouts", target)
+    printed = snakemake(workdir, configs, target, "-n", "-p", "--forcerun", "rollouts")  # --forcerun takes several values
     commands = [{} for _ in range(rounds)]
     for line in printed.splitlines():
         if "rosd --log" not in line:

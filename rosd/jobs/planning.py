@@ -55,7 +55,7 @@ def local_train_rows(path: str | Path, split: str = "train") -> int:
 
 # "1" in a block's environment: it holds its models in memory (`execution.resident`, rosd/jobs/blocks.py;
 # set by workflow/rules/execution.smk). Not a setting of the job: it changes no byte of a result, so
-# changing it reruns nothing.
+# changing it reruns no stage (only the MLflow ingest, which records the whole config).
 RESIDENT_ENV = "ROSD_RESIDENT"
 
 

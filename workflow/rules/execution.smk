@@ -71,7 +71,7 @@ def stage_worker_wanted():
 
 _stage_worker = []
 # A block of rounds holds its models in memory (rosd/stages/resident.py). Read by the block's process
-# from its environment, not its settings: it changes no result, so changing it reruns nothing.
+# from its environment, not its settings: it changes no result, so changing it reruns no stage.
 os.environ[RESIDENT_ENV] = "1" if config["execution"]["resident"] else "0"
 
 
