@@ -249,10 +249,7 @@ def _run(args) -> None:
     if stage.settings:
         kwargs["settings"] = _json_object(args.settings, "--settings")
     _check_inputs(args, stage.inputs)
-    import importlib
-
-    module_name, function_name = stage.function.split(":")
-    getattr(importlib.import_module(module_name), function_name)(**kwargs)
+    stage.load()(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

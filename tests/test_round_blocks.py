@@ -24,7 +24,7 @@ from pipeline_run import (
 
 from rosd.jobs import blocks
 from rosd.jobs.planning import round_blocks
-from rosd.stages.resident import IN_MEMORY
+from rosd.training.checkpoints import IN_MEMORY
 
 pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
 
@@ -142,7 +142,7 @@ def _fake_stages(monkeypatch, ran: list, kill_at: tuple[int, str] | None = None)
     """Each step of a block writes its outputs (a checkpoint: a directory with one file) and is
     recorded in ``ran`` as (round, stage), instead of running; the step ``kill_at`` dies first."""
 
-    def execute(step):
+    def execute(step, held):
         where = (int(step.outputs[0].parent.name.removeprefix("round")), step.stage)
         if where == kill_at:
             raise _Killed

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -41,8 +40,7 @@ from rosd.io.files import atomic_path, lifeline
 from rosd.jobs import worker
 from rosd.jobs.planning import RESIDENT_ENV
 from rosd.jobs.registry import STAGES
-from rosd.stages import resident
-from rosd.training.checkpoints import SNAKEMAKE_TIMESTAMP
+from rosd.training.checkpoints import IN_MEMORY, SNAKEMAKE_TIMESTAMP
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +106,8 @@ def round_steps(round_dir: Path, model: str, teacher: str, data: str, settings: 
     ]  # fmt: skip
 
 
-def _execute(step: Step) -> None:
-    if resident.active():
+def _execute(step: Step, held) -> None:
+    if held is not None:  # a resident block (rosd.stages.resident.Held)
         return _call_here(step)
     status = worker.delegate(step.argv) if step.launcher is None else None  # a fork of the stage worker
     if status is None:
@@ -127,22 +125,22 @@ def _call_here(step: Step) -> None:
     log_file, stage, options = step.argv[1], STAGES[step.argv[2]], step.argv[3:]
     kwargs = {options[i].removeprefix("--").replace("-", "_"): options[i + 1] for i in range(0, len(options), 2)}
     kwargs["settings"] = json.loads(kwargs["settings"])
-    module, function = stage.function.split(":")
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
-        getattr(importlib.import_module(module), function)(**kwargs)
+        stage.load()(**kwargs)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
 
 
-def _gone(path: str) -> bool:
+def _gone(path: str, held) -> bool:
     """A checkpoint a stage can no longer read: removed after training from it, or held in memory
-    by a block process that is gone."""
-    return not os.path.exists(path) or _removed(Path(path)) or (resident.in_memory_only(path) and not resident.holds(path))
+    by a block process that is gone (``held``: this resident block's models, or None)."""
+    in_memory_elsewhere = (Path(path) / IN_MEMORY).exists() and not (held is not None and held.holds(path))
+    return not os.path.exists(path) or _removed(Path(path)) or in_memory_elsewhere
 
 
 class _LostCheckpoint(Exception):
@@ -157,7 +155,7 @@ def _round_settings(stages: dict, round_index: int) -> dict:
     return {name: {**s, "round": round_index} if "round" in s else s for name, s in stages.items()}
 
 
-def _run_block(run_dir: Path, inputs: dict[str, str], plan: dict) -> None:
+def _run_block(run_dir: Path, inputs: dict[str, str], plan: dict, held=None) -> None:
     first, last = plan["first"], plan["last"]
     # What a stage read, by path: the block's inputs by their files, a stage's outputs by its stamp.
     known = {path: digest(fingerprint(path)) for path in inputs.values()}
@@ -171,11 +169,11 @@ def _run_block(run_dir: Path, inputs: dict[str, str], plan: dict) -> None:
             stamp_file = round_dir / STAMPS / step.stage
             there = all(p.exists() or _removed(p) for p in step.outputs)
             if not (there and stamp_file.exists() and stamp_file.read_text() == stamp):
-                if missing := [p for p in step.reads if _gone(p)]:
+                if missing := [p for p in step.reads if _gone(p, held)]:
                     raise _LostCheckpoint(f"round {round_index}: {step.stage} must run again and {missing[0]} is gone")
                 (round_dir / STAMPS / REMOVED).unlink(missing_ok=True)
                 started = time.perf_counter()
-                _execute(step)
+                _execute(step, held)
                 with atomic_path(stamp_file) as tmp:
                     tmp.write_text(stamp)
                 log.info("round %d/%d: %s in %.1f s", round_index, last, step.stage, time.perf_counter() - started)
@@ -206,19 +204,24 @@ def run_rounds(*, model: str, teacher: str, data: str, out_model: str, out_metri
     (expected / STAMPS / REMOVED).unlink(missing_ok=True)
     # A resident block holds its models (rosd.stages.resident) and writes whole only the checkpoint
     # Snakemake reads, or every one under checkpoints.keep: all.
-    last_rounds = range(settings["first"] if settings["keep_all"] else settings["last"], settings["last"] + 1)
-    holding = resident.hold({str(run_dir / f"round{r}" / "checkpoint") for r in last_rounds}) if os.environ.get(RESIDENT_ENV) == "1" else contextlib.nullcontext()
-    with holding:
-        _run_block_or_again(run_dir, inputs, settings)
+    holding = contextlib.nullcontext()
+    if os.environ.get(RESIDENT_ENV) == "1":
+        # Imported here: torch and the models, which a block of stage processes needs neither of.
+        from rosd.stages import resident
+
+        last_rounds = range(settings["first"] if settings["keep_all"] else settings["last"], settings["last"] + 1)
+        holding = resident.hold({str(run_dir / f"round{r}" / "checkpoint") for r in last_rounds})
+    with holding as held:
+        _run_block_or_again(run_dir, inputs, settings, held)
 
 
-def _run_block_or_again(run_dir: Path, inputs: dict[str, str], settings: dict) -> None:
+def _run_block_or_again(run_dir: Path, inputs: dict[str, str], settings: dict, held) -> None:
     try:
-        _run_block(run_dir, inputs, settings)
+        _run_block(run_dir, inputs, settings, held)
     except _LostCheckpoint as lost:
         # A kill after a round removed its predecessor's checkpoint and before Snakemake recorded the
         # block: the rounds are computed again from the block's input (the same seeds, the same bytes).
         log.warning("%s: running the block again from round %d", lost, settings["first"])
         for round_index in range(settings["first"], settings["last"] + 1):
             shutil.rmtree(run_dir / f"round{round_index}" / STAMPS, ignore_errors=True)
-        _run_block(run_dir, inputs, settings)
+        _run_block(run_dir, inputs, settings, held)

@@ -61,6 +61,13 @@ class Stage:
     def module(self) -> str:
         return self.function.split(":")[0]
 
+    def load(self):
+        """The stage's function, its module imported now."""
+        import importlib
+
+        module, function = self.function.split(":")
+        return getattr(importlib.import_module(module), function)
+
 
 MODEL = ("device", "dtype", "enable_thinking")
 ROUND_JOB = ("seed", "round")

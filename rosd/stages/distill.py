@@ -67,11 +67,11 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
         from rosd.training.sharding import Sharded
 
         runtime = Sharded(model, train, method, device=settings["device"], dtype=settings["dtype"])
-        student, optimizer, global_step, held = runtime.student, runtime.optimizer, runtime.resume(model), None
+        student, optimizer, global_step, trainer = runtime.student, runtime.optimizer, runtime.resume(model), None
     else:
-        held = resident.trainer(model, train, method, settings["device"])
-        student, optimizer, global_step = held.student, held.optimizer, held.global_step
-        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"], ema=held.ema)
+        trainer = resident.trainer(model, train, method, settings["device"])
+        student, optimizer, global_step = trainer.student, trainer.optimizer, trainer.global_step
+        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"], ema=trainer.ema)
     settings = dict(settings, pad_id=tokenizer.pad_token_id)
     steps = []
     total, steps_started = train["steps_per_round"], time.time()
@@ -98,10 +98,10 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
             )
         global_step += 1  # one training step, however many updates it took
     # Under several processes every one takes part in writing the checkpoint; the main one ends it.
-    if held is None:
+    if trainer is None:
         runtime.write_checkpoint(out_model, tokenizer, optimizer, global_step)
     else:  # the checkpoint, or, inside a resident block, the weights kept in memory (rosd.stages.resident)
-        resident.finish_round(held, runtime, out_model, tokenizer, global_step)
+        resident.finish_round(trainer, runtime, out_model, tokenizer, global_step)
     if not runtime.is_main:
         return None
     metrics = {

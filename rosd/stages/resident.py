@@ -28,14 +28,11 @@ import torch
 from rosd.engines import load_engine
 from rosd.io.files import atomic_dir
 from rosd.models.loading import load_model
-from rosd.training.checkpoints import EMA_TEACHER
+from rosd.training.checkpoints import EMA_TEACHER, IN_MEMORY
 from rosd.training.steps import optimizer_for
 from rosd.training.student import load_student
 
 log = logging.getLogger(__name__)
-
-IN_MEMORY = "weights_in_memory"  # in a checkpoint directory: its weights were never written
-
 
 @dataclass
 class Trainer:
@@ -77,18 +74,8 @@ def hold(written: set[str]):
         _held = None
 
 
-def active() -> bool:
-    """Whether this process runs a resident block."""
-    return _held is not None
-
-
 def holds(path: str | Path) -> bool:
     return _held is not None and _held.holds(path)
-
-
-def in_memory_only(path: str | Path) -> bool:
-    """A checkpoint whose weights a block held and never wrote."""
-    return (Path(path) / IN_MEMORY).exists()
 
 
 def engine(model: str, settings: dict):
@@ -98,15 +85,15 @@ def engine(model: str, settings: dict):
                    tensor_parallel_size=gen["tensor_parallel_size"])  # fmt: skip
     if _held is None:
         return load_engine(gen["backend"], model, **options)
-    key = (gen["backend"], tuple(sorted(options.items())))
-    if _held.engine is not None and _held.engine_options == key and _held.engine_path != _key(model) and _held.holds(model):
+    key, path = (gen["backend"], tuple(sorted(options.items()))), _key(model)
+    if _held.engine is None or _held.engine_options != key or (_held.engine_path != path and not _held.holds(path)):
+        _held.engine = None  # the old one goes before the new one loads
+        _held.engine = load_engine(gen["backend"], model, **options)
+    elif _held.engine_path != path:  # the weights the held trainer made
         started = time.perf_counter()
         _held.engine.load_weights(_held.trainer.student.state_dict())
         log.info("pushed the weights of %s into the engine in %.2f s", model, time.perf_counter() - started)
-    elif _held.engine is None or _held.engine_options != key or _held.engine_path != _key(model):
-        _held.engine = None  # the old one goes before the new one loads
-        _held.engine = load_engine(gen["backend"], model, **options)
-    _held.engine_options, _held.engine_path = key, _key(model)
+    _held.engine_options, _held.engine_path = key, path
     return _held.engine
 
 
@@ -151,19 +138,19 @@ def trainer(model: str, train: dict, method: dict, device: str) -> Trainer:
     return Trainer(_key(model), student, optimizer, global_step, ema)
 
 
-def finish_round(held: Trainer, runtime, out: str, tokenizer, global_step: int) -> None:
+def finish_round(trained: Trainer, runtime, out: str, tokenizer, global_step: int) -> None:
     """Write checkpoint ``out``: whole outside a block or where it is read, else its config and
     tokenizer (``IN_MEMORY``), the weights kept in this process."""
     if _held is None or _key(out) in _held.written:
-        runtime.write_checkpoint(out, tokenizer, held.optimizer, global_step)
+        runtime.write_checkpoint(out, tokenizer, trained.optimizer, global_step)
     else:
         with atomic_dir(out) as tmp:
-            held.student.config.save_pretrained(tmp)
+            trained.student.config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / IN_MEMORY).write_text("the weights of this checkpoint were held in memory by the block that made it\n")
     if _held is not None:
-        held.path, held.global_step = _key(out), global_step
-        _held.trainer = held
+        trained.path, trained.global_step = _key(out), global_step
+        _held.trainer = trained
 
 
 def _as_dtype(model: torch.nn.Module, dtype: str) -> torch.nn.Module:

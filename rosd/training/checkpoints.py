@@ -27,6 +27,9 @@ TRAINER_STATE = "trainer_state.pt"  # AdamW state and the global step (rosd/trai
 SHARDED_TRAINER_STATE = "trainer_state"  # the same, one file per process (rosd/training/sharding.py)
 EMA_TEACHER = "ema_teacher"  # an EMA teacher's weights (rosd/stages/teacher.py)
 ADAPTER = "adapter"  # a LoRA adapter (rosd/training/student.py)
+# In a checkpoint directory a resident block made (rosd/stages/resident.py): config and tokenizer
+# only, the weights held in that block's memory and never written.
+IN_MEMORY = "weights_in_memory"
 TRAINING_ONLY = (TRAINER_STATE, SHARDED_TRAINER_STATE, EMA_TEACHER, ADAPTER)
 # Snakemake's mtime carrier inside a directory output: the kept model gets its own, never a link,
 # or touching one would touch the checkpoint's too (and make it look newer than what read it).
