@@ -1,7 +1,8 @@
 """Throughput of the HF backend on one GPU in bfloat16, for a Qwen3-0.6B-shaped model with random
 weights (nothing is downloaded): rollouts (batched generate through rosd's HF engine), teacher
 scoring (rosd's teacher stage: student top-k + teacher log-probs, in micro-batches) and training
-(rosd's train step: float32 weights, bfloat16 autocast, AdamW), with the training MFU.
+(rosd's train step: float32 weights, bfloat16 autocast, AdamW), with the training MFU, and the push of
+the trained weights into the live rollout engine (a resident block's path, rosd/stages/resident.py).
 
     python benchmarks/gpu_throughput.py            # ~3 minutes on one H100; JSON to $OUT if set
     python benchmarks/gpu_throughput.py --smoke    # tiny shapes, any device (the CPU included)
@@ -72,7 +73,7 @@ def random_ids(n: int, length: int, vocab: int) -> list[list[int]]:
     return torch.randint(2, vocab, (n, length)).tolist()
 
 
-def measure_rollouts(model_dir: Path, device: str, sizes: tuple, vocab: int) -> dict:
+def measure_rollouts(model_dir: Path, device: str, sizes: tuple, vocab: int) -> tuple[dict, HFEngine]:
     prompts_n, prompt_len, new = sizes
     engine = HFEngine(str(model_dir), device=device, dtype="bfloat16", batch_size=prompts_n)
     prompts = random_ids(prompts_n, prompt_len, vocab)
@@ -83,7 +84,7 @@ def measure_rollouts(model_dir: Path, device: str, sizes: tuple, vocab: int) -> 
     sync(device)
     seconds = time.perf_counter() - started
     tokens = sum(len(s.ids) for group in samples for s in group)
-    return {"sequences": prompts_n, "prompt_tokens": prompt_len, "generated_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    return {"sequences": prompts_n, "prompt_tokens": prompt_len, "generated_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}, engine
 
 
 def rollout_rows(n: int, prompt_len: int, response_len: int, vocab: int) -> list[dict]:
@@ -109,7 +110,7 @@ def measure_scoring(model, device: str, sizes: tuple, vocab: int) -> tuple[dict,
     return result, targets
 
 
-def measure_training(model_dir: Path, device: str, sizes: tuple, steps: int, rows: list[dict], targets: list[dict], shape: dict) -> dict:
+def measure_training(model_dir: Path, device: str, sizes: tuple, steps: int, rows: list[dict], targets: list[dict], shape: dict) -> tuple[dict, torch.nn.Module]:
     n, prompt_len, response_len, micro_batch = sizes
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).train()  # float32 master weights
     optimizer = torch.optim.AdamW(student.parameters(), lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
@@ -131,7 +132,22 @@ def measure_training(model_dir: Path, device: str, sizes: tuple, steps: int, row
               "decoder_parameters": decoder, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else None}
     peak = next((value for name, value in PEAK_BF16.items() if device.startswith("cuda") and name in torch.cuda.get_device_name()), None)
     result["mfu"] = flops / seconds / peak if peak else None
-    return result
+    return result, student
+
+
+def measure_push(engine: HFEngine, student: torch.nn.Module, device: str) -> dict:
+    """A resident block's push: the trained float32 weights into the live bfloat16 engine, in memory
+    (``load_weights``); afterwards every engine tensor must equal the trained one cast to bfloat16."""
+    weights = student.state_dict()
+    sync(device)
+    started = time.perf_counter()
+    engine.load_weights(weights)
+    sync(device)
+    seconds = time.perf_counter() - started
+    pushed = engine.model.state_dict()
+    exact = all(torch.equal(pushed[name], tensor.to(pushed[name].dtype)) for name, tensor in weights.items())
+    gb = sum(t.numel() * t.element_size() for t in pushed.values()) / 1e9
+    return {"seconds": seconds, "engine_gb": gb, "exact": exact}
 
 
 def main() -> None:
@@ -146,7 +162,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_model(Path(tmp) / "model", shape, args.device)
-        rollouts = measure_rollouts(model_dir, args.device, sizes["rollouts"], shape["vocab_size"])
+        rollouts, engine = measure_rollouts(model_dir, args.device, sizes["rollouts"], shape["vocab_size"])
         scorer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(args.device).eval()
         scoring, targets = measure_scoring(scorer, args.device, sizes["scoring"], shape["vocab_size"])
         # Training reads its own rows, scored by the same teacher code.
@@ -155,12 +171,13 @@ def main() -> None:
         targets = teacher_targets(scorer, scorer, rows, support="topk_tail", topk=100, temperature=1.0, pad_id=0,
                                   micro_batch=micro_batch, token_chunk=1024)
         del scorer
-        training = measure_training(model_dir, args.device, sizes["training"], sizes["train_steps"], rows, targets, shape)
+        training, student = measure_training(model_dir, args.device, sizes["training"], sizes["train_steps"], rows, targets, shape)
+        push = measure_push(engine, student, args.device)
     report = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
         "model": "Qwen3-0.6B shape, random weights" if not args.smoke else "tiny Qwen3 (smoke)",
         "config": shape, "torch": torch.__version__,
-        "rollouts": rollouts, "teacher_scoring": scoring, "training": training,
+        "rollouts": rollouts, "teacher_scoring": scoring, "training": training, "weight_push": push,
         "seconds": time.perf_counter() - started,
     }
     autocast = " + bfloat16 autocast" if args.device.startswith("cuda") else ""
@@ -170,7 +187,10 @@ def main() -> None:
     print(f"{'teacher scoring':<16}{scoring['tokens_per_s']:>12.0f}{scoring['seconds']:>10.1f}  {scoring['rows']} rows of {scoring['prompt_tokens']} + {scoring['response_tokens']} tokens, teacher + student, micro-batch {scoring['micro_batch']}")
     mfu = f", MFU {training['mfu']:.1%}" if training["mfu"] is not None else ", MFU n/a (unknown peak)"
     print(f"{'training':<16}{training['tokens_per_s']:>12.0f}{training['seconds']:>10.1f}  {training['steps']} steps of {training['rows']} rows of {training['prompt_tokens']} + {training['response_tokens']} tokens, micro-batch {training['micro_batch']}{mfu}")
+    print(f"{'weight push':<16}{'':>12}{push['seconds']:>10.3f}  {push['engine_gb']:.2f} GB into the live engine, {'exact' if push['exact'] else 'NOT EQUAL to the trained weights'}")
     print(f"total {report['seconds']:.0f}s")
+    if not push["exact"]:
+        raise SystemExit("the engine's weights after the push differ from the trained ones")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

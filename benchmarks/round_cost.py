@@ -1,6 +1,7 @@
 """What one training round costs as pipeline jobs, against the same work in one warm process.
 
-    python benchmarks/round_cost.py [--config default|tiny] [--model world|qwen3-0.6b] [--rounds 3] [--repeats 2] [--out FILE]
+    python benchmarks/round_cost.py [--config default|tiny] [--model world|qwen3-0.6b] [--backend hf|vllm]
+                                    [--rounds 3] [--repeats 2] [--rounds-only] [--out FILE]
 
 It runs one rosd round of the default config at 16 prompts (16 x 8 rollouts of up to 96 tokens; ``tiny``:
 tests/configs/tiny.yaml, 4 x 4 of up to 48) and the rounds after it through Snakemake, then times
@@ -26,7 +27,10 @@ module, the stage command (its lazy imports, model loads and work) and the exit 
 
 ``--model qwen3-0.6b`` makes θ0 a Qwen3-0.6B-shaped model with random weights (the world's
 tokenizer; 2.4 GB in float32): generation runs to the token limit and training moves 0.6 B
-parameters, so the work dominates more. Snakemake's own gaps between jobs are not measured here.
+parameters, so the work dominates more. ``--backend vllm`` generates with vLLM (its CPU build here:
+run it in the vLLM environment of docs/real_models.md): every generating stage of the other three
+ways starts an engine, the resident rounds start one. Snakemake's own gaps between jobs are not
+measured here.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ("rollouts", "grade", "reflect", "teacher-score", "distill")
 OVERLAY = {
     "methods": ["rosd"], "rounds": 1, "benchmarks": ["math"], "tracking": {"mlflow": False},
-    "evaluation": {"every_steps": None},
+    "evaluation": {"every_steps": None}, "execution": {"rounds_per_job": 1, "resident": False},  # stage jobs, to read their commands
 }  # fmt: skip
 # The default config's round at 16 prompts, as measured against TRL's SDPOTrainer on 16 x 8 rollouts.
 DEFAULT_BATCH = {"train": {"batch_prompts": 16}}
@@ -191,13 +195,68 @@ def dir_gb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e9
 
 
+def one_round_three_ways(commands: dict[str, list[str]], repeats: int, workdir: Path) -> dict:
+    """Round 1's five commands as fresh processes, through the stage worker, and fused; the
+    model's load and write speed."""
+    cold, split = {stage: [] for stage in STAGES}, {}
+    for _ in range(repeats):
+        for stage in STAGES:
+            run_phases = phases(commands[stage])
+            cold[stage].append(sum(run_phases.values()))
+            if cold[stage][-1] == min(cold[stage]):
+                split[stage] = run_phases  # the phases of the best run
+            print(f"pipeline {stage}: {cold[stage][-1]:.2f} s", flush=True)
+
+    through_worker = timed_through_worker(commands, repeats, workdir / "stage_worker.log")
+    from rosd.cli import main as rosd_command
+
+    for stage in STAGES:  # warm-up: imports and lazy imports paid once
+        rosd_command(commands[stage])
+    warm = {stage: [] for stage in STAGES}
+    for _ in range(repeats):
+        for stage in STAGES:
+            started = time.perf_counter()
+            rosd_command(commands[stage])
+            warm[stage].append(time.perf_counter() - started)
+            print(f"fused {stage}: {warm[stage][-1]:.2f} s", flush=True)
+
+    from rosd.models.loading import load_model
+
+    model_dir = Path(commands["rollouts"][commands["rollouts"].index("--model") + 1])
+    gb = dir_gb(model_dir)
+    started = time.perf_counter()
+    model = load_model(str(model_dir))
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    model.save_pretrained(workdir / "write_check")
+    write_s = time.perf_counter() - started
+
+    stages = {
+        s: {"pipeline_s": best(cold[s]), "worker_s": best(through_worker[s]), "fused_s": best(warm[s]),
+            "fixed_s": round(best(cold[s]) - best(warm[s]), 3),
+            "phases_s": {k: round(v, 3) for k, v in split[s].items()}}
+        for s in STAGES
+    }  # fmt: skip
+    pipeline, fused = sum(v["pipeline_s"] for v in stages.values()), sum(v["fused_s"] for v in stages.values())
+    through = sum(v["worker_s"] for v in stages.values())
+    return {
+        "model_gb": round(gb, 3), "stages": stages,
+        "round_pipeline_s": round(pipeline, 2), "round_worker_s": round(through, 2), "round_fused_s": round(fused, 2),
+        "ratio": round(pipeline / fused, 2), "worker_ratio": round(through / fused, 2),
+        "fixed_s_per_stage": round(statistics.fmean(v["fixed_s"] for v in stages.values()), 2),
+        "load_s_per_gb": round(load_s / gb, 2), "write_s_per_gb": round(write_s / gb, 2),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["default", "tiny"], default="default")
     parser.add_argument("--model", choices=["world", "qwen3-0.6b"], default="world")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation.backend")
     parser.add_argument("--rounds", type=int, default=3, help="rounds run; rounds 2.. compare resident with fused")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both ways (Snakemake gives a job without `threads` 1)")
+    parser.add_argument("--rounds-only", action="store_true", help="only rounds fused against resident (no single-round comparison)")
     parser.add_argument("--out", help="also write the result as JSON")
     args = parser.parse_args()
     if args.rounds < 2:
@@ -206,7 +265,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        overlay = dict(OVERLAY, rounds=args.rounds, **(DEFAULT_BATCH if args.config == "default" else {}))
+        overlay = dict(OVERLAY, rounds=args.rounds, generation={"backend": args.backend}, **(DEFAULT_BATCH if args.config == "default" else {}))
         if args.model == "qwen3-0.6b":
             random_qwen3(workdir / "qwen3_random")
             overlay["model"] = {"init": "path", "path": str(workdir / "qwen3_random")}
@@ -218,62 +277,19 @@ def main() -> None:
         target = last_metrics(args.config, args.rounds)  # the experiment is named after the config
         snakemake(workdir, configs, target, "--notemp")
         by_round = stage_commands(workdir, configs, target, args.rounds)
-        commands = by_round[0]
         os.chdir(workdir)
-
-        cold, split = {stage: [] for stage in STAGES}, {}
-        for _ in range(args.repeats):
-            for stage in STAGES:
-                run_phases = phases(commands[stage])
-                cold[stage].append(sum(run_phases.values()))
-                if cold[stage][-1] == min(cold[stage]):
-                    split[stage] = run_phases  # the phases of the best run
-                print(f"pipeline {stage}: {cold[stage][-1]:.2f} s", flush=True)
-
-        through_worker = timed_through_worker(commands, args.repeats, workdir / "stage_worker.log")
+        result = {} if args.rounds_only else one_round_three_ways(by_round[0], args.repeats, workdir)
         from rosd.cli import main as rosd_command
 
-        for stage in STAGES:  # warm-up: imports and lazy imports paid once
-            rosd_command(commands[stage])
-        warm = {stage: [] for stage in STAGES}
-        for _ in range(args.repeats):
-            for stage in STAGES:
-                started = time.perf_counter()
-                rosd_command(commands[stage])
-                warm[stage].append(time.perf_counter() - started)
-                print(f"fused {stage}: {warm[stage][-1]:.2f} s", flush=True)
-
-        fused_rounds = timed_rounds(by_round, rosd_command)
+        fused_rounds = timed_rounds(by_round, rosd_command)  # round 1 also pays the imports
         from rosd.stages import resident
 
         start_s, push_s = engine_costs(by_round[0])
         with resident.hold(set()):  # last: its rounds leave checkpoints whose weights only it held
             resident_rounds = timed_rounds(by_round, rosd_command)
 
-        from rosd.models.loading import load_model
-
-        model_dir = Path(commands["rollouts"][commands["rollouts"].index("--model") + 1])
-        gb = dir_gb(model_dir)
-        started = time.perf_counter()
-        model = load_model(str(model_dir))
-        load_s = time.perf_counter() - started
-        started = time.perf_counter()
-        model.save_pretrained(workdir / "write_check")
-        write_s = time.perf_counter() - started
-
-    stages = {
-        s: {"pipeline_s": best(cold[s]), "worker_s": best(through_worker[s]), "fused_s": best(warm[s]),
-            "fixed_s": round(best(cold[s]) - best(warm[s]), 3),
-            "phases_s": {k: round(v, 3) for k, v in split[s].items()}}
-        for s in STAGES
-    }  # fmt: skip
-    pipeline, fused = sum(v["pipeline_s"] for v in stages.values()), sum(v["fused_s"] for v in stages.values())
-    through = sum(v["worker_s"] for v in stages.values())
     result = {
-        "config": args.config, "model": args.model, "model_gb": round(gb, 3), "stages": stages,
-        "round_pipeline_s": round(pipeline, 2), "round_worker_s": round(through, 2), "round_fused_s": round(fused, 2),
-        "ratio": round(pipeline / fused, 2), "worker_ratio": round(through / fused, 2),
-        "load_s_per_gb": round(load_s / gb, 2), "write_s_per_gb": round(write_s / gb, 2),
+        "config": args.config, "model": args.model, "backend": args.backend, **result,
         # rounds 2..: the same work both ways, models loaded by each stage (fused) or held (resident)
         "rounds": args.rounds, "fused_rounds_s": [round(t, 3) for t in fused_rounds],
         "resident_rounds_s": [round(t, 3) for t in resident_rounds],
@@ -282,11 +298,11 @@ def main() -> None:
         "repeats": args.repeats, "threads": args.threads, "cpus": os.cpu_count(),
     }  # fmt: skip
     print(json.dumps(result, indent=2))
-    print(f"round: pipeline {pipeline:.1f} s, through the stage worker {through:.1f} s, fused {fused:.1f} s, "
-          f"ratios {pipeline / fused:.2f}x and {through / fused:.2f}x "
-          f"(fixed cost {statistics.fmean(v['fixed_s'] for v in stages.values()):.1f} s a stage); rounds 2-{args.rounds}: "
-          f"resident {sum(resident_rounds[1:]):.1f} s, fused {sum(fused_rounds[1:]):.1f} s ({result['resident_ratio']:.2f}x), "
-          f"engine start {start_s:.2f} s, weight push {push_s:.3f} s")
+    if not args.rounds_only:
+        print(f"round: pipeline {result['round_pipeline_s']:.1f} s, through the stage worker {result['round_worker_s']:.1f} s, "
+              f"fused {result['round_fused_s']:.1f} s, ratios {result['ratio']:.2f}x and {result['worker_ratio']:.2f}x")
+    print(f"rounds 2-{args.rounds}: resident {sum(resident_rounds[1:]):.1f} s, fused {sum(fused_rounds[1:]):.1f} s "
+          f"({result['resident_ratio']:.2f}x), engine start {start_s:.2f} s, weight push {push_s:.3f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -29,6 +29,7 @@ def test_gpu_throughput_smoke_writes_every_phase(tmp_path):
         assert report[phase]["tokens_per_s"] > 0, phase
     assert report["rollouts"]["generated_tokens"] > 0 and report["training"]["model_flops"] > 0
     assert "training" in done.stdout and "tokens/s" in done.stdout
+    assert report["weight_push"]["exact"] is True and report["weight_push"]["seconds"] > 0  # the resident path's push
 
 
 def test_round_cost_times_every_stage_both_ways(tmp_path):

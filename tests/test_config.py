@@ -182,19 +182,18 @@ def test_an_ema_teacher_with_lora_is_refused_before_any_job():
         check_runnable(config)
 
 
-@pytest.mark.parametrize(
-    "train, setting",
-    [({"launcher": "accelerate", "num_processes": 2}, "train.launcher=accelerate"), ({"lora": {"r": 8}}, "train.lora")],
-)
-def test_resident_blocks_refuse_a_trainer_of_several_processes_or_lora_in_one_line(train, setting):
+def test_resident_blocks_refuse_a_trainer_of_several_processes_in_one_line():
     from rosd.jobs.config import check_runnable
 
     config = _filled(methods=["base", "rosd"])
-    config["train"].update(train)
-    check_runnable(config)  # without execution.resident
+    config["train"].update(launcher="accelerate", num_processes=2)
+    config["execution"]["resident"] = False
+    check_runnable(config)
     config["execution"]["resident"] = True
-    with pytest.raises(ConfigError, match=f"^config error: execution.resident holds one process's trainer, and method rosd trains with {setting}; set execution.resident: false$"):
+    with pytest.raises(ConfigError, match="^config error: execution.resident holds one process's trainer, and method rosd trains with train.launcher=accelerate; set execution.resident: false$"):
         check_runnable(config)
+    config["train"].update(launcher="none", num_processes=1, lora={"r": 8, "alpha": 16, "target_modules": ["q_proj"]})
+    check_runnable(config)  # a LoRA student is held as it trains
 
 
 def test_rounds_of_a_target_are_counted_or_refused_in_one_line(tmp_path):

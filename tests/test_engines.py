@@ -15,6 +15,7 @@ The HF engine's step-by-step log-probs are checked against its old ``output_logi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -67,7 +68,18 @@ class FakeVLLM(types.ModuleType):
 
         class LLM:
             def __init__(self, **kwargs):
-                fake.llm_kwargs = kwargs
+                fake.llm_kwargs, fake.calls = kwargs, []
+                runner = types.SimpleNamespace(reload_weights=lambda weights_iterator: fake.calls.append(("reload", dict(weights_iterator))))
+                self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(model_runner=runner)))
+
+            def sleep(self, level):
+                fake.calls.append(("sleep", level))
+
+            def wake_up(self, tags):
+                fake.calls.append(("wake_up", tags))
+
+            def reset_prefix_cache(self):
+                fake.calls.append(("reset_prefix_cache",))
 
             def generate(self, prompts, params, use_tqdm=True):
                 fake.requests = list(zip(prompts, params))
@@ -144,6 +156,32 @@ def test_rollouts_stage_writes_vllm_samples_and_their_logprobs(model_dir, fake_v
         expected = fake_vllm.sampled_ids(row["prompt_ids"], round_seed * SEED_STRIDE + row["group"] + row["sample"])
         assert row["response_ids"] == expected
         assert row["sampler_logps"] == pytest.approx([-0.01 * (t + 1) for t in expected])
+
+
+def test_a_resident_engine_on_a_gpu_sleeps_for_training_and_wakes_with_the_pushed_weights(model_dir, fake_vllm, monkeypatch):
+    """vLLM's sleep mode as a resident block uses it on CUDA (rosd/stages/resident.py): the only
+    check of that path here, against vLLM's API as this stand-in records it; unrun on a real GPU."""
+    # The engine sets vLLM's variables in os.environ: a copy, so they do not outlive the test.
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"})
+    engine = load_engine("vllm", model_dir, device="cuda", resident=True)
+    assert fake_vllm.llm_kwargs["enable_sleep_mode"] is True
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # the push reaches the model runner in this process
+    engine.sleep()
+    engine.sleep()  # asleep already: nothing more
+    with pytest.raises(RuntimeError, match="sleeps without weights"):
+        engine.generate([[1, 2]], n=1, temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0)
+    engine.load_weights({"w": 1})
+    assert fake_vllm.calls == [("sleep", 2), ("wake_up", ["weights"]), ("reload", {"w": 1}), ("wake_up", ["kv_cache"]), ("reset_prefix_cache",)]
+    assert len(engine.generate([[1, 2]], n=1, temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0)) == 1
+    # A push while awake: no wake-up; an engine outside a block, or on the CPU, never sleeps.
+    fake_vllm.calls.clear()
+    engine.load_weights({"w": 2})
+    assert fake_vllm.calls == [("reload", {"w": 2}), ("reset_prefix_cache",)]
+    for device, resident in (("cuda", False), ("cpu", True)):
+        other = load_engine("vllm", model_dir, device=device, resident=resident)
+        assert "enable_sleep_mode" not in fake_vllm.llm_kwargs
+        other.sleep()
+        assert fake_vllm.calls == []
 
 
 def test_missing_vllm_is_one_clear_line(model_dir, monkeypatch):

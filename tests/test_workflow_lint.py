@@ -18,7 +18,7 @@ SNAKEFILES = ["Snakefile", "workflow/rules"]
 
 
 # The default's per-stage rules; then blocks of rounds and an evaluation job per checkpoint (the paper presets').
-@pytest.mark.parametrize("overlay", ["{}", "execution: {rounds_per_job: 10, evaluation_jobs: checkpoint}"])
+@pytest.mark.parametrize("overlay", ["{}", "execution: {rounds_per_job: 1, resident: false, evaluation_jobs: benchmark}"])
 def test_snakemake_lint_finds_nothing(tmp_path, overlay):
     # --lint parses the workflow and runs no job; the working directory only keeps .snakemake/ out of the repo
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")

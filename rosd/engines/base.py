@@ -44,3 +44,7 @@ class GenerationEngine(Protocol):
         memory: the next ``generate`` samples from them."""
         ...
 
+    def sleep(self) -> None:
+        """Free what generation holds while the trainer runs (a resident block on a GPU); the next
+        ``load_weights`` brings the engine back."""
+        ...

@@ -26,6 +26,10 @@ class HFEngine:
         to the engine's dtype as loading that checkpoint from disk would."""
         self.model.load_state_dict(state_dict)
 
+    def sleep(self) -> None:
+        """Nothing to free: the HF engine's model is small beside the trainer's state, and a
+        resident block scores with it when it holds the trainer's weights."""
+
     @torch.no_grad()
     def generate(
         self,

@@ -71,15 +71,23 @@ class VLLMEngine:
         dtype: str = "bfloat16",
         batch_size: int = 64,
         tensor_parallel_size: int = 1,
+        resident: bool = False,
     ):
+        """``resident``: held by a block of rounds (rosd/stages/resident.py), which pushes weights into
+        it, so the engine runs in this process; on a GPU it also sleeps while the trainer runs."""
         # vLLM places the model on the visible GPUs itself (tensor_parallel_size of them), or on the
         # CPU for device "cpu", and batches continuously, so the HF backend's batch size does not apply.
         del batch_size
         device = "cpu" if device == "cpu" else "cuda"
+        if resident:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the push reaches the model runner in this process
         vllm = _import_vllm(device)
         self._sampling_params = vllm.SamplingParams
         self.tokenizer = load_tokenizer(model_dir)
-        self.llm = vllm.LLM(**engine_arguments(model_dir, device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size))
+        # vLLM's sleep mode exists on CUDA (and ROCm) only. NOT RUN YET: no GPU with vLLM has run it.
+        self._sleeps, self._asleep = resident and device == "cuda", False
+        arguments = engine_arguments(model_dir, device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size)
+        self.llm = vllm.LLM(**arguments, **({"enable_sleep_mode": True} if self._sleeps else {}))
 
     def generate(
         self,
@@ -94,6 +102,8 @@ class VLLMEngine:
     ) -> list[list[Sample]]:
         """``n`` samples for each prompt (token ids, chat template applied); returns them per prompt.
         ``top_k`` None (or 0) samples from the whole nucleus."""
+        if self._asleep:
+            raise RuntimeError("the vLLM engine sleeps without weights: push the trainer's weights (load_weights) before generating")
         eos = self.tokenizer.eos_token_id
         params = [
             self._sampling_params(
@@ -135,7 +145,20 @@ class VLLMEngine:
         a prompt that hits them gets log-probs of neither model's). In-process engines only
         (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as on a CPU); ``reload_weights`` takes the checkpoint's
         names, as the model's own ``load_weights`` of this vLLM build does not."""
+        if self._asleep:  # the weights' memory first, the KV cache once the new weights are in
+            self.llm.wake_up(tags=["weights"])
         runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
         runner.reload_weights(weights_iterator=iter(state_dict.items()))
+        if self._asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """On a GPU, while the trainer runs: free the weights' and the KV cache's memory (vLLM's
+        sleep level 2). The weights are gone, not offloaded: the next push brings the trainer's, and
+        ``generate`` refuses until it has. A no-op on the CPU and outside a resident block."""
+        if self._sleeps and not self._asleep:
+            self.llm.sleep(level=2)
+            self._asleep = True
 

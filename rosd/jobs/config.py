@@ -178,10 +178,9 @@ def check_runnable(config: dict) -> None:
         if problem := unsupported(settings, settings["train"]):
             raise ConfigError(f"config error: {problem}")
         train = settings["train"]
-        if config["execution"]["resident"] and (train.get("launcher") == "accelerate" or train.get("lora")):
-            setting = "train.launcher=accelerate" if train.get("launcher") == "accelerate" else "train.lora"
+        if config["execution"]["resident"] and train.get("launcher") == "accelerate":
             raise ConfigError(f"config error: execution.resident holds one process's trainer, and method {method} trains with "
-                              f"{setting}; set execution.resident: false")
+                              "train.launcher=accelerate; set execution.resident: false")
         if settings["teacher_context"] != "reference":
             continue
         for target in config["targets"]:

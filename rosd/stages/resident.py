@@ -10,8 +10,13 @@ any other round's checkpoint holds its config and tokenizer only, marked ``IN_ME
 live in this process. A later process that finds the mark runs the block again from its input
 (rosd/jobs/blocks.py).
 
-One process, no LoRA: a block under ``train.launcher: accelerate`` or with ``train.lora`` does not
-hold its models (rosd/jobs/config.py refuses the combination in one line).
+On a GPU, a vLLM engine sleeps (frees its weights and KV cache) while the teacher scores and the
+trainer runs, and the next push wakes it: written against vLLM's API, not yet run on a GPU.
+
+A LoRA student is held as it trains (base, adapter and the adapter's AdamW state); the engine and
+teacher scoring get its merged weights, as its checkpoint would hold them. One process: a block
+under ``train.launcher: accelerate`` does not hold its models (rosd/jobs/config.py refuses the
+combination in one line).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from rosd.io.files import atomic_dir
 from rosd.models.loading import load_model
 from rosd.training.checkpoints import EMA_TEACHER, IN_MEMORY
 from rosd.training.steps import optimizer_for
-from rosd.training.student import load_student
+from rosd.training.student import load_student, merged_copy, plain_weights
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +93,10 @@ def engine(model: str, settings: dict):
     key, path = (gen["backend"], tuple(sorted(options.items()))), _key(model)
     if _held.engine is None or _held.engine_options != key or (_held.engine_path != path and not _held.holds(path)):
         _held.engine = None  # the old one goes before the new one loads
-        _held.engine = load_engine(gen["backend"], model, **options)
+        _held.engine = load_engine(gen["backend"], model, resident=True, **options)
     elif _held.engine_path != path:  # the weights the held trainer made
         started = time.perf_counter()
-        _held.engine.load_weights(_held.trainer.student.state_dict())
+        _held.engine.load_weights(plain_weights(_held.trainer.student))
         log.info("pushed the weights of %s into the engine in %.2f s", model, time.perf_counter() - started)
     _held.engine_options, _held.engine_path = key, path
     return _held.engine
@@ -103,6 +108,7 @@ def scoring_model(model: str, settings: dict, *, frozen: bool = False) -> torch.
     kwargs = dict(device=settings["device"], dtype=settings["dtype"])
     if _held is None:
         return load_model(model, **kwargs).eval()
+    _engine_sleeps()
     if frozen:
         key = (_key(model), tuple(sorted(kwargs.items())))
         if key not in _held.frozen:
@@ -111,7 +117,7 @@ def scoring_model(model: str, settings: dict, *, frozen: bool = False) -> torch.
     if _held.engine_path == _key(model) and isinstance(getattr(_held.engine, "model", None), torch.nn.Module):
         return _held.engine.model
     if _held.holds(model):
-        return _as_dtype(copy.deepcopy(_held.trainer.student).eval(), settings["dtype"])
+        return _as_dtype(merged_copy(_held.trainer.student).eval(), settings["dtype"])
     return load_model(model, **kwargs).eval()
 
 
@@ -127,8 +133,10 @@ def ema_teacher(student: str, settings: dict) -> torch.nn.Module | None:
 def trainer(model: str, train: dict, method: dict, device: str) -> Trainer:
     """The student of checkpoint ``model``, its AdamW and global step, and an EMA teacher (the
     saved one, else the student's weights) when the method has one."""
-    if _held is not None and _held.holds(model):
-        return _held.trainer
+    if _held is not None:
+        _engine_sleeps()
+        if _held.holds(model):
+            return _held.trainer
     student = load_student(model, train, device=device)
     optimizer, global_step = optimizer_for(student, train, Path(model))
     ema = None
@@ -142,7 +150,7 @@ def finish_round(trained: Trainer, runtime, out: str, tokenizer, global_step: in
     """Write checkpoint ``out``: whole outside a block or where it is read, else its config and
     tokenizer (``IN_MEMORY``), the weights kept in this process."""
     if _held is None or _key(out) in _held.written:
-        runtime.write_checkpoint(out, tokenizer, trained.optimizer, global_step)
+        runtime.write_checkpoint(out, tokenizer, trained.optimizer, global_step, trains_on=_held is not None)
     else:
         with atomic_dir(out) as tmp:
             trained.student.config.save_pretrained(tmp)
@@ -151,6 +159,13 @@ def finish_round(trained: Trainer, runtime, out: str, tokenizer, global_step: in
     if _held is not None:
         trained.path, trained.global_step = _key(out), global_step
         _held.trainer = trained
+
+
+def _engine_sleeps() -> None:
+    """Teacher scoring and training need the GPU memory the engine holds (vLLM on a GPU frees it;
+    the next round's push wakes the engine)."""
+    if _held.engine is not None:
+        _held.engine.sleep()
 
 
 def _as_dtype(model: torch.nn.Module, dtype: str) -> torch.nn.Module:

@@ -19,6 +19,7 @@ torch.distributed.checkpoint) from several. A run keeps one launcher throughout.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from pathlib import Path
 
@@ -49,13 +50,27 @@ def load_student(model_dir: str, train: dict, device: str):
     return student.train()
 
 
-def save_student(student, out_dir: Path) -> None:
+def save_student(student, out_dir: Path, *, trains_on: bool = False) -> None:
     """Write the student as a plain model. A LoRA student also writes its adapter, then merges it
-    into the weights in place: the last thing a round does with it."""
+    into the weights: in place when this is the last thing a round does with it, into a copy when
+    it ``trains_on`` (a resident block's, rosd/stages/resident.py)."""
     if hasattr(student, "merge_and_unload"):
         student.save_pretrained(out_dir / ADAPTER)
-        student = student.merge_and_unload()
+        student = merged_copy(student) if trains_on else student.merge_and_unload()
     student.save_pretrained(out_dir)
+
+
+def merged_copy(student) -> torch.nn.Module:
+    """A copy of the student as a plain model, as its checkpoint holds it (a LoRA adapter merged into
+    the copy's weights); the student itself trains on."""
+    copied = copy.deepcopy(student)
+    return copied.merge_and_unload() if hasattr(copied, "merge_and_unload") else copied
+
+
+def plain_weights(student) -> dict[str, torch.Tensor]:
+    """The student's weights under a plain model's names (what an engine is given): a LoRA student's
+    merged into a copy; any other student's own tensors, not copied."""
+    return merged_copy(student).state_dict() if hasattr(student, "merge_and_unload") else student.state_dict()
 
 
 class SingleProcess:
@@ -94,9 +109,9 @@ class SingleProcess:
         for teacher, student in zip(self.ema.parameters(), self.student.parameters()):
             teacher.mul_(1.0 - rate).add_(student, alpha=rate)
 
-    def write_checkpoint(self, out: str, tokenizer, optimizer, global_step: int) -> None:
+    def write_checkpoint(self, out: str, tokenizer, optimizer, global_step: int, *, trains_on: bool = False) -> None:
         with atomic_dir(out) as tmp:
-            save_student(self.student, tmp)
+            save_student(self.student, tmp, trains_on=trains_on)
             tokenizer.save_pretrained(tmp)
             torch.save({"optimizer": optimizer.state_dict(), "global_step": global_step}, tmp / TRAINER_STATE)
             if self.ema is not None:
