@@ -300,7 +300,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if not args.rounds_only:
         print(f"round: pipeline {result['round_pipeline_s']:.1f} s, through the stage worker {result['round_worker_s']:.1f} s, "
-              f"fused {result['round_fused_s']:.1f} s, ratios {result['ratio']:.2f}x and {result['worker_ratio']:.2f}x")
+              f"fused {result['round_fused_s']:.1f} s, ratios {result['ratio']:.2f}x and {result['worker_ratio']:.2f}x "
+              f"(fixed cost {result['fixed_s_per_stage']:.1f} s a stage)")
     print(f"rounds 2-{args.rounds}: resident {sum(resident_rounds[1:]):.1f} s, fused {sum(fused_rounds[1:]):.1f} s "
           f"({result['resident_ratio']:.2f}x), engine start {start_s:.2f} s, weight push {push_s:.3f} s")
     if args.out:
