@@ -1,12 +1,12 @@
 """What one training round costs as pipeline jobs, against the same work in one warm process.
 
-    python benchmarks/round_cost.py [--config default|tiny] [--model world|qwen3-0.6b] [--backend hf|vllm]
-                                    [--rounds 3] [--repeats 2] [--rounds-only] [--out FILE]
+    python benchmarks/round_cost.py [--config default|tiny] [--model world|qwen3-0.6b] [--backend hf|vllm] [--device cpu|cuda]
+                                    [--rounds 3] [--repeats 2] [--rounds-only] [--stages S ...] [--out FILE]
 
-It runs one rosd round of the default config at 16 prompts (16 x 8 rollouts of up to 96 tokens; ``tiny``:
-tests/configs/tiny.yaml, 4 x 4 of up to 48) and the rounds after it through Snakemake, then times
-round 1's five stage commands (rollouts, grade, reflect, teacher-score, distill) three ways, each on the
-same inputs:
+It takes rosd's rounds of the default config at 16 prompts (16 x 8 rollouts of up to 96 tokens; ``tiny``:
+tests/configs/tiny.yaml, 4 x 4 of up to 48): Snakemake makes θ0 and the data and prints each round's
+stage commands as its rules would run them. It times round 1's five stage commands (rollouts, grade,
+reflect, teacher-score, distill) three ways, each on the same inputs:
 
 - **pipeline**: each command as its own process (`execution.stage_worker: false`): process start,
   imports, the lazy imports inside the first `from_pretrained`, model loads, the work, the exit.
@@ -164,7 +164,7 @@ def phases(argv: list[str]) -> dict[str, float]:
     return {"start": started - before, "imports": imported - started, "stage": returned - imported, "exit": after - returned}
 
 
-def timed_through_worker(commands: dict[str, list[str]], repeats: int, log: Path) -> dict[str, list[float]]:
+def timed_through_worker(commands: dict[str, list[str]], stages: list[str], repeats: int, log: Path) -> dict[str, list[float]]:
     """Each stage command as the rules run it by default: `rosd <stage>` handed to a warm stage
     worker (rosd/jobs/worker.py), started as Snakemake's onstart starts it and timed once it is ready."""
     from rosd.jobs import worker
@@ -175,9 +175,9 @@ def timed_through_worker(commands: dict[str, list[str]], repeats: int, log: Path
             if process.poll() is not None:
                 sys.exit(f"the stage worker failed:\n{log.read_text()[-3000:]}")
             time.sleep(0.05)
-        times = {stage: [] for stage in STAGES}
+        times = {stage: [] for stage in stages}
         for _ in range(repeats):
-            for stage in STAGES:
+            for stage in stages:
                 started = time.perf_counter()
                 subprocess.run(["rosd", *commands[stage]], env=environment(), check=True, capture_output=True)
                 times[stage].append(time.perf_counter() - started)
@@ -195,26 +195,28 @@ def dir_gb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e9
 
 
-def one_round_three_ways(commands: dict[str, list[str]], repeats: int, workdir: Path) -> dict:
-    """Round 1's five commands as fresh processes, through the stage worker, and fused; the
-    model's load and write speed."""
-    cold, split = {stage: [] for stage in STAGES}, {}
+def one_round_three_ways(commands: dict[str, list[str]], stages: list[str], repeats: int, workdir: Path) -> dict:
+    """Round 1's commands of ``stages`` as fresh processes, through the stage worker, and fused;
+    the model's load and write speed."""
+    from rosd.cli import main as rosd_command
+
+    # Warm-up, in this process: imports and lazy imports paid for the fused way, and every stage's
+    # inputs written for the timed ones.
+    for stage in STAGES:
+        rosd_command(commands[stage])
+    cold, split = {stage: [] for stage in stages}, {}
     for _ in range(repeats):
-        for stage in STAGES:
+        for stage in stages:
             run_phases = phases(commands[stage])
             cold[stage].append(sum(run_phases.values()))
             if cold[stage][-1] == min(cold[stage]):
                 split[stage] = run_phases  # the phases of the best run
             print(f"pipeline {stage}: {cold[stage][-1]:.2f} s", flush=True)
 
-    through_worker = timed_through_worker(commands, repeats, workdir / "stage_worker.log")
-    from rosd.cli import main as rosd_command
-
-    for stage in STAGES:  # warm-up: imports and lazy imports paid once
-        rosd_command(commands[stage])
-    warm = {stage: [] for stage in STAGES}
+    through_worker = timed_through_worker(commands, stages, repeats, workdir / "stage_worker.log")
+    warm = {stage: [] for stage in stages}
     for _ in range(repeats):
-        for stage in STAGES:
+        for stage in stages:
             started = time.perf_counter()
             rosd_command(commands[stage])
             warm[stage].append(time.perf_counter() - started)
@@ -235,7 +237,7 @@ def one_round_three_ways(commands: dict[str, list[str]], repeats: int, workdir: 
         s: {"pipeline_s": best(cold[s]), "worker_s": best(through_worker[s]), "fused_s": best(warm[s]),
             "fixed_s": round(best(cold[s]) - best(warm[s]), 3),
             "phases_s": {k: round(v, 3) for k, v in split[s].items()}}
-        for s in STAGES
+        for s in stages
     }  # fmt: skip
     pipeline, fused = sum(v["pipeline_s"] for v in stages.values()), sum(v["fused_s"] for v in stages.values())
     through = sum(v["worker_s"] for v in stages.values())
@@ -253,10 +255,12 @@ def main() -> None:
     parser.add_argument("--config", choices=["default", "tiny"], default="default")
     parser.add_argument("--model", choices=["world", "qwen3-0.6b"], default="world")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation.backend")
+    parser.add_argument("--device", default="cpu", help="model.device (cuda: every stage on the GPU)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds run; rounds 2.. compare resident with fused")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both ways (Snakemake gives a job without `threads` 1)")
     parser.add_argument("--rounds-only", action="store_true", help="only rounds fused against resident (no single-round comparison)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="the stages of the single-round comparison")
     parser.add_argument("--out", help="also write the result as JSON")
     args = parser.parse_args()
     if args.rounds < 2:
@@ -265,20 +269,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        overlay = dict(OVERLAY, rounds=args.rounds, generation={"backend": args.backend}, **(DEFAULT_BATCH if args.config == "default" else {}))
+        overlay = dict(OVERLAY, rounds=args.rounds, generation={"backend": args.backend}, model={"device": args.device},
+                       **(DEFAULT_BATCH if args.config == "default" else {}))
         if args.model == "qwen3-0.6b":
             random_qwen3(workdir / "qwen3_random")
-            overlay["model"] = {"init": "path", "path": str(workdir / "qwen3_random")}
+            overlay["model"].update(init="path", path=str(workdir / "qwen3_random"))
         overlay_file = workdir / "overlay.json"
         overlay_file.write_text(json.dumps(overlay))
         configs = [REPO / "tests" / "configs" / "tiny.yaml"] if args.config == "tiny" else []
         configs = [REPO / "config" / "config.yaml", *configs, overlay_file]
-        print(f"running {args.rounds} rounds once through Snakemake ...", flush=True)
+        print("making θ0 and the data through Snakemake ...", flush=True)
         target = last_metrics(args.config, args.rounds)  # the experiment is named after the config
-        snakemake(workdir, configs, target, "--notemp")
+        # Only what round 1 reads: the rounds themselves are run by the ways timed below, in order.
+        snakemake(workdir, configs, target, "--omit-from", "rollouts")
         by_round = stage_commands(workdir, configs, target, args.rounds)
         os.chdir(workdir)
-        result = {} if args.rounds_only else one_round_three_ways(by_round[0], args.repeats, workdir)
+        result = {} if args.rounds_only else one_round_three_ways(by_round[0], args.stages, args.repeats, workdir)
         from rosd.cli import main as rosd_command
 
         fused_rounds = timed_rounds(by_round, rosd_command)  # round 1 also pays the imports
@@ -289,7 +295,7 @@ def main() -> None:
             resident_rounds = timed_rounds(by_round, rosd_command)
 
     result = {
-        "config": args.config, "model": args.model, "backend": args.backend, **result,
+        "config": args.config, "model": args.model, "backend": args.backend, "device": args.device, **result,
         # rounds 2..: the same work both ways, models loaded by each stage (fused) or held (resident)
         "rounds": args.rounds, "fused_rounds_s": [round(t, 3) for t in fused_rounds],
         "resident_rounds_s": [round(t, 3) for t in resident_rounds],

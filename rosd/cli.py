@@ -24,7 +24,7 @@ import sys
 import time
 import traceback
 
-from rosd.jobs.registry import DELEGATED, STAGES
+from rosd.jobs.registry import DELEGATED, LOG_FORMAT, STAGES
 
 # Nothing is ever fetched from a hub: models and data are local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         if (log := _log_option(argv)) is not None:
             err.redirect(log, prog)
         args = _parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
         from rosd.io import lifeline
 
         lifeline.start(prog, report=err.report)

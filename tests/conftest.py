@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 from pipeline_run import run
 
+# Two pytest-xdist workers on two cores: one torch thread each, for them and what they start. With
+# torch's default of one per core, OpenMP's waiting threads spin on each other's cores (the fast lane
+# took twice as long as in one process).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_collection_modifyitems(items):
-    """Every test that reads a finished pipeline run is a pipeline test too."""
+    """Every test that reads a finished pipeline run is a pipeline test too. Under pytest-xdist
+    (`--dist loadgroup`, pyproject.toml) those tests run in one worker, which makes the run once,
+    and every other test runs in the worker that runs its file's (so a module's fixtures are made once)."""
     for item in items:
-        if "finished" in getattr(item, "fixturenames", ()):
+        reads_the_run = "finished" in getattr(item, "fixturenames", ())
+        if reads_the_run:
             item.add_marker(pytest.mark.pipeline)
+        item.add_marker(pytest.mark.xdist_group("finished" if reads_the_run else item.module.__name__))
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,12 @@ from rosd.reporting.tracking import reflection_sample, tracking_uri
 pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
 
 # Only the last round evaluated: the learning curves have θ0 and round 2.
-OVERLAY = {"methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None}}
+# The default config's execution (tiny.yaml pins one job per stage): each run's two rounds one
+# block whose models stay resident, one evaluation job per checkpoint.
+OVERLAY = {
+    "methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None},
+    "execution": {"rounds_per_job": 20, "resident": True, "evaluation_jobs": "checkpoint"},
+}  # fmt: skip
 PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png", "quote_offsets.png", "paired.png"]
 # (method, target, seed) of every parent run: θ0 once per seed as "base"/"all", each trained run
 PARENTS = sorted([("base", "all", s) for s in (0, 1)] + [(m, "math", s) for m in ("opsd", "rosd") for s in (0, 1)])

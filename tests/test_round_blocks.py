@@ -5,6 +5,7 @@ and a changed setting rerunning only the stages it reaches."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ def test_blocks_end_at_every_evaluated_round_and_hold_at_most_n_rounds():
 
 
 ROUND_FILES = ("rollouts.jsonl", "graded.jsonl", "reflections.jsonl", "teacher.pt", "metrics.json")
+STAGE_LOGS = {"rollouts.log", "grade.log", "reflect.log", "teacher_score.log", "distill.log"}
 
 
 def _block_client(workdir: Path, run_dir: str) -> int | None:
@@ -76,6 +78,10 @@ def _run_equals_the_per_stage_run(workdir: Path, finished: Path) -> None:
                     torch.testing.assert_close(torch.load(exp / path), torch.load(reference / path), rtol=0, atol=0)
                 else:
                     assert (exp / path).read_bytes() == (reference / path).read_bytes(), path
+            # each stage logs where its per-round rule logs (the block adds its own log)
+            logs = Path("runs", method, "math", "seed0", f"round{round_index}", "logs")
+            assert STAGE_LOGS <= {p.name for p in (reference / logs).iterdir()}
+            assert STAGE_LOGS <= {p.name for p in (exp / logs).iterdir()}
     evaluated = sorted(p.relative_to(exp) for p in (exp / "eval").rglob("*.json*"))
     assert len(evaluated) == 12  # (θ0, opsd, rosd) × (math, mcq) × (samples, summary)
     for path in evaluated:
@@ -85,30 +91,20 @@ def _run_equals_the_per_stage_run(workdir: Path, finished: Path) -> None:
     assert models == ["models/theta0", "runs/opsd/math/seed0/round2/model", "runs/rosd/math/seed0/round2/model"]
 
 
-def _blocks(tmp_path: Path, resident: bool) -> Path:
+def _resident_blocks(tmp_path: Path) -> Path:
     overlay = tmp_path / "blocks.yaml"
-    overlay.write_text(f"execution: {{rounds_per_job: 2, evaluation_jobs: checkpoint, resident: {str(resident).lower()}}}\n"
-                       "evaluation: {every_steps: 2}\n")
+    overlay.write_text("execution: {rounds_per_job: 2, evaluation_jobs: checkpoint, resident: true}\nevaluation: {every_steps: 2}\n")
     plan = planned_jobs(run(tmp_path, "-n", configs=[overlay]).stdout)
     assert plan["round_block"] == 2 and plan["evaluate_checkpoint"] == 3  # θ0 and each run's round 2
     assert not {"rollouts", "distill", "evaluate"} & set(plan)
     return overlay
 
 
-def test_blocks_of_stage_processes_give_the_per_stage_bytes(finished, tmp_path):
-    """Each stage of a block a fork of the stage worker, as the per-stage rules run it. (How such a
-    block resumes after a kill: test_a_block_resumes_in_the_stage_it_was_in below.)"""
-    overlay = _blocks(tmp_path, resident=False)
-    run(tmp_path, configs=[overlay])
-    _run_equals_the_per_stage_run(tmp_path, finished)
-    assert "Nothing to be done" in run(tmp_path, "-n", configs=[overlay]).stdout
-
-
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the block's process through /proc")
 def test_resident_blocks_give_the_per_stage_bytes_rerun_a_killed_block_and_only_what_changed(finished, tmp_path):
     """Every stage in the block's own process, its models held in memory (`execution.resident`,
     rosd/stages/resident.py)."""
-    overlay = _blocks(tmp_path, resident=True)
+    overlay = _resident_blocks(tmp_path)
     killed = _kill_a_block_in_its_second_round(tmp_path, overlay)
     round1_checkpoint = tmp_path / killed / "round1" / "checkpoint"
     # Round 1's weights were pushed into the engine, never written.
@@ -134,6 +130,39 @@ def test_resident_blocks_give_the_per_stage_bytes_rerun_a_killed_block_and_only_
     assert [name for name in ROUND_FILES if after[name] != before[name]] == ["reflections.jsonl", "teacher.pt", "metrics.json"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="several training processes need accelerate: pip install 'rosd[train]'")
+def test_a_resident_block_of_two_training_processes_gives_the_bytes_of_a_block_of_stage_processes(tmp_path):
+    """`train.launcher: accelerate` over two CPU processes (gloo) for sdpo (an EMA teacher), two rounds
+    as one block. Resident: every process runs the block, holding its shards of the student, of its
+    AdamW state and of the EMA teacher across the rounds. Not: each stage a fork of the stage worker
+    and each distill two new processes, as the per-stage rules run them (the resident test above
+    pins the block's commands to the rules' bytes)."""
+    run_dir = EXP / "runs" / "sdpo" / "math" / "seed0"
+    common = "methods: [sdpo]\nbenchmarks: [math]\nevaluation: {every_steps: null}\ntrain: {launcher: accelerate, num_processes: 2}\n"
+    ways = {resident: f"{{rounds_per_job: 20, resident: {resident}, evaluation_jobs: checkpoint}}" for resident in ("false", "true")}
+    for name, execution in ways.items():
+        (tmp_path / name).mkdir()
+        overlay = tmp_path / name / "overlay.yaml"
+        overlay.write_text(f"{common}execution: {execution}\n")
+        run(tmp_path / name, str(run_dir / "round2" / "metrics.json"), configs=[overlay])
+    stages, block = tmp_path / "false" / run_dir, tmp_path / "true" / run_dir
+    for round_index in (1, 2):
+        for name in ROUND_FILES:
+            path = Path(f"round{round_index}", name)
+            if name == "teacher.pt":
+                torch.testing.assert_close(torch.load(block / path), torch.load(stages / path), rtol=0, atol=0)
+            else:
+                assert (block / path).read_bytes() == (stages / path).read_bytes(), path
+    # the weights, the EMA teacher and each process's AdamW shard after round 2
+    for name in ("model.safetensors", "ema_teacher/model.safetensors", "trainer_state/__0_0.distcp", "trainer_state/__1_0.distcp"):
+        path = Path("round2", "checkpoint", name)
+        assert (block / path).read_bytes() == (stages / path).read_bytes(), path
+    # One engine for both rounds, given round 1's weights in memory (that checkpoint was never
+    # written whole); process 0 alone logs the block's progress.
+    log = (block / "round2" / "logs" / "round_block.log").read_text()
+    assert log.count("pushed the weights of") == 1 and log.count("round 2/2: distill in") == 1
+
+
 class _Killed(Exception):
     """Stands for a SIGKILL of the block in the middle of a stage."""
 
@@ -142,7 +171,7 @@ def _fake_stages(monkeypatch, ran: list, kill_at: tuple[int, str] | None = None)
     """Each step of a block writes its outputs (a checkpoint: a directory with one file) and is
     recorded in ``ran`` as (round, stage), instead of running; the step ``kill_at`` dies first."""
 
-    def execute(step, held):
+    def execute(step, held, processes=None):
         where = (int(step.outputs[0].parent.name.removeprefix("round")), step.stage)
         if where == kill_at:
             raise _Killed

@@ -18,6 +18,9 @@ checkpoint and metrics; the rounds before are this module's business:
   rounds and pushes each round's new weights into the engine (rosd/stages/resident.py); only the
   block's last checkpoint is written whole. A later run that needs an unwritten checkpoint runs the
   block again from its input. Otherwise each stage is a fork of the stage worker, or a process.
+- **Several training processes** (resident, `train.launcher: accelerate`). Every process the
+  launcher started runs the block: process 0 decides what runs, runs the generation and scoring
+  stages while the others wait, and all of them train their shards of the held student.
 - **Disk.** A round's checkpoint is removed once the next round has trained from it, unless
   `checkpoints.keep: all`; the block's input and output checkpoints are Snakemake's (temp()).
 """
@@ -39,7 +42,7 @@ from pathlib import Path
 from rosd.io.files import atomic_path, lifeline
 from rosd.jobs import worker
 from rosd.jobs.planning import RESIDENT_ENV
-from rosd.jobs.registry import STAGES
+from rosd.jobs.registry import LOG_FORMAT, STAGES
 from rosd.training.checkpoints import IN_MEMORY, SNAKEMAKE_TIMESTAMP
 
 log = logging.getLogger(__name__)
@@ -81,7 +84,8 @@ def round_steps(round_dir: Path, model: str, teacher: str, data: str, settings: 
     """The five stage commands of the round in ``round_dir``, from checkpoint ``model``."""
 
     def command(stage: str, name: str, files: dict[str, str]) -> list[str]:
-        argv = ["--log", str(round_dir / "logs" / f"{name}.log"), stage]
+        # the per-round rule's log file (workflow/rules/round.smk); ``name``: the stage's settings
+        argv = ["--log", str(round_dir / "logs" / f"{stage.replace('-', '_')}.log"), stage]
         for option, path in files.items():
             argv += [f"--{option}", path]
         return argv + ["--settings", json.dumps(settings[name], sort_keys=True)]
@@ -106,7 +110,51 @@ def round_steps(round_dir: Path, model: str, teacher: str, data: str, settings: 
     ]  # fmt: skip
 
 
-def _execute(step: Step, held) -> None:
+class TrainingProcesses:
+    """The processes of a resident block under `train.launcher: accelerate` (started by `accelerate
+    launch` or torchrun): process 0 runs every stage but training, the others wait for it."""
+
+    # Process 0's generation and scoring stages may take hours; a process that dies meanwhile is
+    # stopped by the launcher with the others, so a long wait is not a hang.
+    WAIT_HOURS = 48
+
+    def __init__(self, device: str):
+        import datetime
+
+        import torch.distributed as dist
+
+        from rosd.training.sharding import join_processes
+
+        join_processes(device)
+        self._dist = dist
+        self.is_main = dist.get_rank() == 0
+        # The waiting is done over gloo, on the CPU: on CUDA a waiting NCCL collective keeps its GPU busy.
+        self._control = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=self.WAIT_HOURS))
+
+    def share(self, value):
+        """Process 0's ``value``, on every process."""
+        box = [value]
+        self._dist.broadcast_object_list(box, src=0, group=self._control)
+        return box[0]
+
+    def run_on_main(self, step: Step) -> None:
+        """``step`` in process 0; the others learn how it ended and fail with it."""
+        failure = None
+        if self.is_main:
+            try:
+                _call_here(step)
+            except BaseException as error:  # told to the others, then raised
+                failure = error
+        message = self.share(None if failure is None else f"{step.stage} failed in process 0: {failure}")
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise SystemExit(message)
+
+
+def _execute(step: Step, held, processes: TrainingProcesses | None = None) -> None:
+    if processes is not None and step.launcher is None:  # not training: process 0's
+        return processes.run_on_main(step)
     if held is not None:  # a resident block (rosd.stages.resident.Held)
         return _call_here(step)
     status = worker.delegate(step.argv) if step.launcher is None else None  # a fork of the stage worker
@@ -127,7 +175,7 @@ def _call_here(step: Step) -> None:
     kwargs["settings"] = json.loads(kwargs["settings"])
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     try:
         stage.load()(**kwargs)
@@ -155,33 +203,50 @@ def _round_settings(stages: dict, round_index: int) -> dict:
     return {name: {**s, "round": round_index} if "round" in s else s for name, s in stages.items()}
 
 
-def _run_block(run_dir: Path, inputs: dict[str, str], plan: dict, held=None) -> None:
+def _next_action(step: Step, stamp: str, stamp_file: Path, held) -> str:
+    """What to do with ``step``: "done" (its outputs and stamp are there), "run", or why it cannot
+    run (a checkpoint it reads is gone)."""
+    there = all(p.exists() or _removed(p) for p in step.outputs)
+    if there and stamp_file.exists() and stamp_file.read_text() == stamp:
+        return "done"
+    if missing := [p for p in step.reads if _gone(p, held)]:
+        return f"{step.stage} must run again and {missing[0]} is gone"
+    return "run"
+
+
+def _run_block(run_dir: Path, inputs: dict[str, str], plan: dict, held=None, processes: TrainingProcesses | None = None) -> None:
     first, last = plan["first"], plan["last"]
+    # Files are read and written by the main process; under several, it tells the others what to do.
+    main = processes is None or processes.is_main
     # What a stage read, by path: the block's inputs by their files, a stage's outputs by its stamp.
-    known = {path: digest(fingerprint(path)) for path in inputs.values()}
+    known = {path: digest(fingerprint(path)) for path in inputs.values()} if main else {}
     model = inputs["model"]
     for round_index in range(first, last + 1):
         round_dir = run_dir / f"round{round_index}"
         teacher = inputs["teacher"] if plan["frozen_teacher"] else model
         settings = _round_settings(plan["stages"], round_index)
         for step in round_steps(round_dir, model, teacher, inputs["data"], settings, plan["trainer"]):
-            stamp = digest(step.launcher, step.argv, [known[path] for path in step.reads])
             stamp_file = round_dir / STAMPS / step.stage
-            there = all(p.exists() or _removed(p) for p in step.outputs)
-            if not (there and stamp_file.exists() and stamp_file.read_text() == stamp):
-                if missing := [p for p in step.reads if _gone(p, held)]:
-                    raise _LostCheckpoint(f"round {round_index}: {step.stage} must run again and {missing[0]} is gone")
-                (round_dir / STAMPS / REMOVED).unlink(missing_ok=True)
+            stamp = digest(step.launcher, step.argv, [known[path] for path in step.reads]) if main else None
+            action = _next_action(step, stamp, stamp_file, held) if main else None
+            if processes is not None:
+                action = processes.share(action)
+            if action not in ("done", "run"):
+                raise _LostCheckpoint(f"round {round_index}: {action}")
+            if action == "run":
+                if main:
+                    (round_dir / STAMPS / REMOVED).unlink(missing_ok=True)
                 started = time.perf_counter()
-                _execute(step, held)
-                with atomic_path(stamp_file) as tmp:
-                    tmp.write_text(stamp)
+                _execute(step, held, processes)
+                if main:
+                    with atomic_path(stamp_file) as tmp:
+                        tmp.write_text(stamp)
                 log.info("round %d/%d: %s in %.1f s", round_index, last, step.stage, time.perf_counter() - started)
             else:
                 log.info("round %d/%d: %s already done", round_index, last, step.stage)
             known.update({str(p): stamp for p in step.outputs})
         previous = run_dir / f"round{round_index - 1}" / "checkpoint"
-        if round_index > first and not plan["keep_all"] and previous.exists():
+        if main and round_index > first and not plan["keep_all"] and previous.exists():
             # Trained from, and no evaluation reads it (blocks end at evaluated rounds). The mark
             # first: a kill halfway through the removal leaves a checkpoint known to be incomplete.
             (previous.parent / STAMPS / REMOVED).touch()
@@ -204,24 +269,29 @@ def run_rounds(*, model: str, teacher: str, data: str, out_model: str, out_metri
     (expected / STAMPS / REMOVED).unlink(missing_ok=True)
     # A resident block holds its models (rosd.stages.resident) and writes whole only the checkpoint
     # Snakemake reads, or every one under checkpoints.keep: all.
-    holding = contextlib.nullcontext()
+    holding, processes = contextlib.nullcontext(), None
     if os.environ.get(RESIDENT_ENV) == "1":
         # Imported here: torch and the models, which a block of stage processes needs neither of.
         from rosd.stages import resident
 
         last_rounds = range(settings["first"] if settings["keep_all"] else settings["last"], settings["last"] + 1)
         holding = resident.hold({str(run_dir / f"round{r}" / "checkpoint") for r in last_rounds})
+        if settings["trainer"] is not None:  # every training process runs this block
+            processes = TrainingProcesses(settings["stages"]["distill"]["device"])
+            if not processes.is_main:
+                logging.getLogger().setLevel(logging.WARNING)  # process 0 tells the block's progress
     with holding as held:
-        _run_block_or_again(run_dir, inputs, settings, held)
+        _run_block_or_again(run_dir, inputs, settings, held, processes)
 
 
-def _run_block_or_again(run_dir: Path, inputs: dict[str, str], settings: dict, held) -> None:
+def _run_block_or_again(run_dir: Path, inputs: dict[str, str], settings: dict, held, processes: TrainingProcesses | None) -> None:
     try:
-        _run_block(run_dir, inputs, settings, held)
+        _run_block(run_dir, inputs, settings, held, processes)
     except _LostCheckpoint as lost:
         # A kill after a round removed its predecessor's checkpoint and before Snakemake recorded the
         # block: the rounds are computed again from the block's input (the same seeds, the same bytes).
         log.warning("%s: running the block again from round %d", lost, settings["first"])
-        for round_index in range(settings["first"], settings["last"] + 1):
-            shutil.rmtree(run_dir / f"round{round_index}" / STAMPS, ignore_errors=True)
-        _run_block(run_dir, inputs, settings, held)
+        if processes is None or processes.is_main:
+            for round_index in range(settings["first"], settings["last"] + 1):
+                shutil.rmtree(run_dir / f"round{round_index}" / STAMPS, ignore_errors=True)
+        _run_block(run_dir, inputs, settings, held, processes)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from rosd.method.presets import needs_reflection
 
 ALL = None  # a whole block of keys
+# A stage's log lines, as the `rosd` command writes them and a resident block (rosd/jobs/blocks.py) too.
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 @dataclass(frozen=True)

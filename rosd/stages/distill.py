@@ -25,7 +25,6 @@ from rosd.method.sync_guard import summary, verdict
 from rosd.models.loading import load_tokenizer
 from rosd.stages import resident
 from rosd.training.steps import record_old_logps, train_step
-from rosd.training.student import SingleProcess
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +62,10 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
     if problem := unsupported(method, train):
         raise SystemExit(problem)
     tokenizer = load_tokenizer(model)
-    if train.get("launcher", "none") == "accelerate":
-        from rosd.training.sharding import Sharded
-
-        runtime = Sharded(model, train, method, device=settings["device"], dtype=settings["dtype"])
-        student, optimizer, global_step, trainer = runtime.student, runtime.optimizer, runtime.resume(model), None
-    else:
-        trainer = resident.trainer(model, train, method, settings["device"])
-        student, optimizer, global_step = trainer.student, trainer.optimizer, trainer.global_step
-        runtime = SingleProcess(student, device=settings["device"], dtype=settings["dtype"], ema=trainer.ema)
+    # loaded from checkpoint ``model``, or, inside a resident block, held in memory (rosd.stages.resident)
+    trainer = resident.trainer(model, train, method, device=settings["device"], dtype=settings["dtype"])
+    runtime = trainer.runtime
+    student, optimizer, global_step = runtime.student, trainer.optimizer, trainer.global_step
     settings = dict(settings, pad_id=tokenizer.pad_token_id)
     steps = []
     total, steps_started = train["steps_per_round"], time.time()
@@ -97,11 +91,9 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
                 step + 1, total, global_step + 1, result["loss"], result["grad_norm"], result["lr"], rate, (total - step - 1) / rate,
             )
         global_step += 1  # one training step, however many updates it took
-    # Under several processes every one takes part in writing the checkpoint; the main one ends it.
-    if trainer is None:
-        runtime.write_checkpoint(out_model, tokenizer, optimizer, global_step)
-    else:  # the checkpoint, or, inside a resident block, the weights kept in memory (rosd.stages.resident)
-        resident.finish_round(trainer, runtime, out_model, tokenizer, global_step)
+    # The checkpoint, or, inside a resident block, the weights kept in memory. Under several
+    # processes every one takes part; the main one writes.
+    resident.finish_round(trainer, out_model, tokenizer, global_step)
     if not runtime.is_main:
         return None
     metrics = {

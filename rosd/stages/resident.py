@@ -14,9 +14,13 @@ On a GPU, a vLLM engine sleeps (frees its weights and KV cache) while the teache
 trainer runs, and the next push wakes it: written against vLLM's API, not yet run on a GPU.
 
 A LoRA student is held as it trains (base, adapter and the adapter's AdamW state); the engine and
-teacher scoring get its merged weights, as its checkpoint would hold them. One process: a block
-under ``train.launcher: accelerate`` does not hold its models (rosd/jobs/config.py refuses the
-combination in one line).
+teacher scoring get its merged weights, as its checkpoint would hold them.
+
+Under ``train.launcher: accelerate`` every training process runs the block (rosd/jobs/blocks.py):
+each holds its FSDP2 shard of the student, of the AdamW state and of an EMA teacher across rounds
+(rosd/training/sharding.py); process 0 alone holds the engine and the frozen teacher and runs the
+other stages. After a round's steps the shards are gathered into process 0's whole copy of the
+student (and of the EMA teacher), which the engine and teacher scoring read.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,19 +40,26 @@ from rosd.io.files import atomic_dir
 from rosd.models.loading import load_model
 from rosd.training.checkpoints import EMA_TEACHER, IN_MEMORY
 from rosd.training.steps import optimizer_for
-from rosd.training.student import load_student, merged_copy, plain_weights
+from rosd.training.student import SingleProcess, load_student, merged_copy, plain_weights
+
+if TYPE_CHECKING:
+    from rosd.training.sharding import Sharded
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class Trainer:
-    """The student of checkpoint ``path``: its weights, AdamW state, global step and EMA teacher."""
+    """The student of checkpoint ``path``: its AdamW state, global step and ``runtime`` (one process,
+    or this process's shard: rosd/training/student.py, sharding.py). ``student`` and ``ema``: the
+    student and EMA teacher as whole models, in the main process (under sharding, copies gathered
+    when a round ends; None elsewhere)."""
 
     path: str
-    student: torch.nn.Module
+    student: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     global_step: int
     ema: torch.nn.Module | None
+    runtime: SingleProcess | Sharded
 
 
 class Held:
@@ -117,7 +129,7 @@ def scoring_model(model: str, settings: dict, *, frozen: bool = False) -> torch.
     if _held.engine_path == _key(model) and isinstance(getattr(_held.engine, "model", None), torch.nn.Module):
         return _held.engine.model
     if _held.holds(model):
-        return _as_dtype(merged_copy(_held.trainer.student).eval(), settings["dtype"])
+        return _placed(merged_copy(_held.trainer.student).eval(), settings)
     return load_model(model, **kwargs).eval()
 
 
@@ -125,38 +137,53 @@ def ema_teacher(student: str, settings: dict) -> torch.nn.Module | None:
     """The EMA teacher saved with checkpoint ``student`` (or held with it), else None."""
     if _held is not None and _held.holds(student) and _held.trainer.ema is not None:
         ema = _held.trainer.ema
-        return ema if ema.dtype == getattr(torch, settings["dtype"]) else _as_dtype(copy.deepcopy(ema), settings["dtype"])
+        return ema if ema.dtype == getattr(torch, settings["dtype"]) else _placed(copy.deepcopy(ema), settings)
     path = Path(student) / EMA_TEACHER
     return load_model(str(path), device=settings["device"], dtype=settings["dtype"]).eval() if path.exists() else None
 
 
-def trainer(model: str, train: dict, method: dict, device: str) -> Trainer:
+def trainer(model: str, train: dict, method: dict, *, device: str, dtype: str) -> Trainer:
     """The student of checkpoint ``model``, its AdamW and global step, and an EMA teacher (the
-    saved one, else the student's weights) when the method has one."""
+    saved one, else the student's weights) when the method has one; sharded over the training
+    processes under ``train.launcher: accelerate``."""
     if _held is not None:
         _engine_sleeps()
         if _held.holds(model):
             return _held.trainer
+    if train.get("launcher", "none") == "accelerate":
+        from rosd.training.sharding import Sharded
+
+        runtime = Sharded(model, train, method, device=device, dtype=dtype)
+        return Trainer(_key(model), runtime.host_copy, runtime.optimizer, runtime.resume(model), None, runtime)
     student = load_student(model, train, device=device)
     optimizer, global_step = optimizer_for(student, train, Path(model))
     ema = None
     if method.get("teacher") == "ema":
         previous = Path(model) / EMA_TEACHER
         ema = load_model(str(previous) if previous.exists() else model, device=device).eval()
-    return Trainer(_key(model), student, optimizer, global_step, ema)
+    runtime = SingleProcess(student, device=device, dtype=dtype, ema=ema)
+    return Trainer(_key(model), student, optimizer, global_step, ema, runtime)
 
 
-def finish_round(trained: Trainer, runtime, out: str, tokenizer, global_step: int) -> None:
+def finish_round(trained: Trainer, out: str, tokenizer, global_step: int) -> None:
     """Write checkpoint ``out``: whole outside a block or where it is read, else its config and
-    tokenizer (``IN_MEMORY``), the weights kept in this process."""
+    tokenizer (``IN_MEMORY``), the weights kept in memory (under sharding, gathered into the main
+    process's whole copy)."""
+    runtime = trained.runtime
     if _held is None or _key(out) in _held.written:
-        runtime.write_checkpoint(out, tokenizer, trained.optimizer, global_step, trains_on=_held is not None)
+        ema = runtime.write_checkpoint(out, tokenizer, trained.optimizer, global_step, trains_on=_held is not None)
     else:
-        with atomic_dir(out) as tmp:
-            trained.student.config.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / IN_MEMORY).write_text("the weights of this checkpoint were held in memory by the block that made it\n")
+        ema = runtime.gather()
+        if runtime.is_main:
+            with atomic_dir(out) as tmp:
+                trained.student.config.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                (tmp / IN_MEMORY).write_text("the weights of this checkpoint were held in memory by the block that made it\n")
     if _held is not None:
+        if ema is not None:  # the sharded EMA teacher's gathered weights: the main process's whole copy
+            if trained.ema is None:  # on the training device, where teacher scoring reads it
+                trained.ema = copy.deepcopy(trained.student).to(runtime.device).eval()
+            trained.ema.load_state_dict(ema)
         trained.path, trained.global_step = _key(out), global_step
         _held.trainer = trained
 
@@ -168,8 +195,9 @@ def _engine_sleeps() -> None:
         _held.engine.sleep()
 
 
-def _as_dtype(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
-    return model.to(dtype=getattr(torch, dtype))
+def _placed(model: torch.nn.Module, settings: dict) -> torch.nn.Module:
+    """``model`` on the stage's device, in its dtype (a sharded trainer's whole copies are on the host)."""
+    return model.to(device=settings["device"], dtype=getattr(torch, settings["dtype"]))
 
 
 def _key(path: str | Path) -> str:

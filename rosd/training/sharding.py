@@ -65,17 +65,24 @@ def _rooted(weights: dict) -> dict:
     return {ROOT + k: v for k, v in weights.items()}
 
 
+def join_processes(device: str) -> None:
+    """Join the process group of the processes ``accelerate launch`` (or torchrun) started: NCCL on
+    CUDA, gloo on the CPU; a clear error when this process was started alone."""
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        raise SystemExit("train.launcher=accelerate: training must be started by `accelerate launch` or torchrun "
+                         "(the workflow's commands are), not alone")
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
 class Sharded:
     """One of ``world_size`` processes training one FSDP2-sharded student (``SingleProcess``'s
     interface, rosd/training/student.py)."""
 
     def __init__(self, model_dir: str, train: dict, method: dict, *, device: str, dtype: str):
         cuda = device.startswith("cuda")
-        if not dist.is_initialized():
-            if "RANK" not in os.environ:
-                raise SystemExit("train.launcher=accelerate: the distill stage must be started by `accelerate launch` or "
-                                 "torchrun (the workflow's command is), not alone")
-            dist.init_process_group("nccl" if cuda else "gloo")
+        join_processes(device)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
@@ -166,25 +173,36 @@ class Sharded:
         for teacher, student in zip(self.ema, self.wrapped.parameters()):
             teacher.mul_(1.0 - rate).add_(student.detach(), alpha=rate)
 
-    def write_checkpoint(self, out: str, tokenizer, optimizer, global_step: int) -> None:
+    def write_checkpoint(self, out: str, tokenizer, optimizer, global_step: int, *, trains_on: bool = False) -> dict | None:
         """Every process: its AdamW shard, and its part in gathering the weights; process 0 writes
-        them and makes the checkpoint appear whole (atomically) once every shard is on disk."""
+        them and makes the checkpoint appear whole (atomically) once every shard is on disk. Process
+        0's host copy ends with the student's weights (a LoRA student's merged into a copy when it
+        ``trains_on``); the EMA teacher's are returned there (``gather``)."""
         with (atomic_dir(out) if self.is_main else contextlib.nullcontext()) as tmp:
             chosen = [str(tmp) if self.is_main else None]
             dist.broadcast_object_list(chosen, src=0)
             tmp = Path(chosen[0])
             state = {"optimizer": get_optimizer_state_dict(self.wrapped, optimizer), "global_step": global_step}
             dcp.save(state, checkpoint_id=str(tmp / SHARDED_TRAINER_STATE))
-            weights = self._gathered()
-            ema = self._gathered_ema() if self.ema is not None else None
+            weights, ema = self._gathered(), self._gathered_ema() if self.ema is not None else None
             if self.is_main:
                 if ema is not None:
                     self.host_copy.load_state_dict(ema)
                     self.host_copy.save_pretrained(tmp / EMA_TEACHER)
                 self.host_copy.load_state_dict(weights)
-                save_student(self.host_copy, tmp)
+                save_student(self.host_copy, tmp, trains_on=trains_on)
                 tokenizer.save_pretrained(tmp)
             dist.barrier()  # nobody leaves (or renames) before everything is written
+        return ema
+
+    def gather(self) -> dict | None:
+        """Every process: the student's full weights into process 0's host copy (what a resident
+        block pushes into its engine); the EMA teacher's full weights are returned there (None
+        elsewhere, and without an EMA teacher)."""
+        weights, ema = self._gathered(), self._gathered_ema() if self.ema is not None else None
+        if self.is_main:
+            self.host_copy.load_state_dict(weights)
+        return ema
 
     def _gathered(self) -> dict | None:
         """The full weights, complete on process 0 (None elsewhere)."""

@@ -109,6 +109,10 @@ class SingleProcess:
         for teacher, student in zip(self.ema.parameters(), self.student.parameters()):
             teacher.mul_(1.0 - rate).add_(student, alpha=rate)
 
+    def gather(self) -> None:
+        """Nothing to gather: the student is whole in this process (``Sharded.gather``)."""
+        return None
+
     def write_checkpoint(self, out: str, tokenizer, optimizer, global_step: int, *, trains_on: bool = False) -> None:
         with atomic_dir(out) as tmp:
             save_student(self.student, tmp, trains_on=trains_on)

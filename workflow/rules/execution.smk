@@ -60,6 +60,12 @@ def trainer():
     )
 
 
+def block_runner():
+    """The command that runs a block of rounds: under resident blocks, the trainer's (every training
+    process runs the block, rosd/jobs/blocks.py); else rosd, whose stages start the trainer's."""
+    return trainer() if config["execution"]["resident"] else "rosd"
+
+
 def stage_worker_wanted():
     """Whether this run starts a stage worker (`execution.stage_worker`, rosd/jobs/worker.py): only for
     jobs run here, by this Snakemake's Python (not under --use-conda or a container)."""

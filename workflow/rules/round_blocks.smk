@@ -21,6 +21,7 @@ rule round_block:
         plan=block_plan,
     shell:
         gpu_command(
-            "rosd --log {log:q} run-rounds --model {input.model:q} --teacher {input.teacher:q} --data {input.data:q}"
-            " --out-model {output.model:q} --out-metrics {output.metrics:q} --settings {params.plan:q}"
+            block_runner(),
+            " --log {log:q} run-rounds --model {input.model:q} --teacher {input.teacher:q} --data {input.data:q}",
+            " --out-model {output.model:q} --out-metrics {output.metrics:q} --settings {params.plan:q}",
         )
