@@ -17,14 +17,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that reads a finished pipeline run is a pipeline test too. Under pytest-xdist
-    (`--dist loadgroup`, pyproject.toml) those tests run in one worker, which makes the run once,
-    and every other test runs in the worker that runs its file's (so a module's fixtures are made once)."""
+    """Every test that reads a finished pipeline run is a pipeline test too."""
     for item in items:
-        reads_the_run = "finished" in getattr(item, "fixturenames", ())
-        if reads_the_run:
+        if "finished" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.pipeline)
-        item.add_marker(pytest.mark.xdist_group("finished" if reads_the_run else item.module.__name__))
 
 
 @pytest.fixture(autouse=True)

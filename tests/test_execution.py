@@ -81,20 +81,17 @@ BLOCKS = "execution: {rounds_per_job: 2, evaluation_jobs: checkpoint}\n"
 @pytest.mark.parametrize("resident", [False, True])
 def test_a_block_of_rounds_holds_the_most_gpus_its_stages_need_and_launches_the_trainer(tmp_path, resident):
     """A block of stage processes starts the trainer for its distill stage; a resident block is
-    itself started by the trainer's launcher (every training process runs it, rosd/jobs/blocks.py),
-    and generates with the HF engine (vLLM cannot start there: test_config.py)."""
-    generation = "{backend: hf}" if resident else "{backend: vllm, tensor_parallel_size: 2}"
+    itself started by the trainer's launcher (every training process runs it, rosd/jobs/blocks.py)."""
     overlay = (
         "model: {device: cuda, dtype: bfloat16}\n"
-        f"generation: {generation}\n"
+        "generation: {backend: vllm, tensor_parallel_size: 2}\n"
         "train: {launcher: accelerate, num_processes: 4}\n"
         f"execution: {{rounds_per_job: 2, evaluation_jobs: checkpoint, resident: {str(resident).lower()}}}\n"
     )
     done = dry_run(tmp_path, overlay)
     assert done.returncode == 0, done.stderr[-3000:]
     planned = jobs(done.stdout)
-    gpus = {rule: int(planned[rule][0]["gpu"]) for rule in ("round_block", "evaluate_checkpoint")}
-    assert gpus == {"round_block": 4, "evaluate_checkpoint": 1 if resident else 2}
+    assert {rule: int(planned[rule][0]["gpu"]) for rule in ("round_block", "evaluate_checkpoint")} == {"round_block": 4, "evaluate_checkpoint": 2}
     block = planned["round_block"][1]
     accelerate = REPO / "config" / "accelerate_fsdp.yaml"
     launcher = ["accelerate", "launch", "--config_file", str(accelerate), "--num_processes", "4", "--main_process_port", "0", "-m", "rosd.cli"]

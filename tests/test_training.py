@@ -190,6 +190,19 @@ def assert_sharded_trainer_state(checkpoint: Path) -> None:
     assert sorted(p.name for p in (checkpoint / SHARDED_TRAINER_STATE).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
 
+def test_each_process_takes_every_nth_micro_batch_and_as_many_passes_as_the_others():
+    """Three micro-batches over two processes: process 1 repeats micro-batch 0 with weight 0, so both
+    make two passes; a step without loss (all groups filtered) has no pass anywhere."""
+    from types import SimpleNamespace
+
+    from rosd.training.sharding import Sharded
+
+    process = [SimpleNamespace(rank=rank, world_size=2) for rank in (0, 1)]
+    assert Sharded.shard(process[0], ["a", "b", "c"]) == [("a", 1.0), ("c", 1.0)]
+    assert Sharded.shard(process[1], ["a", "b", "c"]) == [("b", 1.0), ("a", 0.0)]
+    assert Sharded.shard(process[1], []) == Sharded.shard(process[0], []) == []
+
+
 def test_sharded_training_started_alone_is_one_clear_error(theta0, files, tmp_path):
     with pytest.raises(SystemExit, match="must be started by `accelerate launch` or torchrun"):
         rounds(theta0, files, tmp_path, 1, launcher="accelerate", num_processes=2)

@@ -9,6 +9,8 @@ a GPU build can do (tensor parallelism) stays with the stand-in of tests/test_en
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 
 import pandas as pd
@@ -17,6 +19,7 @@ import torch
 from pipeline_run import EXP, planned_jobs, run
 from tiny_model import THETA0, shipped_theta0_exists
 
+from rosd.engines.base import Sample
 from rosd.method.prompts import chat_prompt_ids, student_messages
 from rosd.method.scoring import logp_of, response_tokens
 from rosd.models.loading import load_model
@@ -136,3 +139,33 @@ def test_the_tiny_pipeline_runs_on_vllm_with_one_engine_per_block(tmp_path):
     assert generated_by == {"round_block.log": True, "base_all_seed0_round0.log": True, "rosd_math_seed0_round2.log": True}
     block_log = next(exp.rglob("round_block.log")).read_text()
     assert block_log.count("pushed the weights of") == 1  # round 1's, into the engine started on θ0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None and not os.environ.get("ROSD_REQUIRE_VLLM"),
+                    reason="several training processes need accelerate: pip install 'rosd[train]'")
+def test_a_sharded_resident_block_pushes_into_an_engine_of_its_own(tmp_path):
+    """rosd's three rounds as one resident block of two training processes (`train.launcher:
+    accelerate`, gloo): process 0 belongs to their process group, so its vLLM engine runs in a
+    process of its own, and each round's gathered weights reach it through a file. The weight-sync
+    guard, made an error, holds in round 3, whose samples θ0 would have given other log-probs."""
+    overlay = tmp_path / "sharded.yaml"
+    overlay.write_text(
+        "methods: [rosd]\nbenchmarks: [math]\nrounds: 3\ngeneration: {backend: vllm}\nevaluation: {every_steps: null}\n"
+        "execution: {rounds_per_job: 3, evaluation_jobs: checkpoint, resident: true}\n"
+        "train: {launcher: accelerate, num_processes: 2, lr: 1.0e-3, warmup_steps: 0, "
+        f"sampler_gap_limit: {LOGP_TOLERANCE}, sampler_gap_error: true}}\n"
+    )
+    run_dir = EXP / "runs" / "rosd" / "math" / "seed0"
+    run(tmp_path, str(run_dir / "round3" / "metrics.json"), configs=[overlay])
+    round3 = tmp_path / run_dir / "round3"
+    metrics = json.loads((round3 / "metrics.json").read_text())
+    assert metrics["sampler_gap_max"] is not None and metrics["sampler_gap_max"] < LOGP_TOLERANCE, metrics
+    # θ0's log-probs of round 3's samples: far from the sampler's, so the push carried weights that moved
+    theta0 = load_model(str(THETA0)).eval()
+    rows = [json.loads(line) for line in (round3 / "rollouts.jsonl").read_text().splitlines()]
+    groups = [[Sample(ids=row["response_ids"], text="", logps=row["sampler_logps"])] for row in rows]
+    assert _largest_gap(theta0, [row["prompt_ids"] for row in rows], groups) > 10 * LOGP_TOLERANCE
+    block_log = (round3 / "logs" / "round_block.log").read_text()
+    assert block_log.count("vLLM's engine runs in a process of its own") == 1 and "samples with vLLM" in block_log
+    assert block_log.count("pushed the weights of") == 2  # rounds 1 and 2
+    assert sorted(p.name for p in (round3 / "checkpoint" / "trainer_state").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
 
 from rosd.engines.base import Sample
 from rosd.models.loading import load_tokenizer
@@ -74,12 +76,20 @@ class VLLMEngine:
         resident: bool = False,
     ):
         """``resident``: held by a block of rounds (rosd/stages/resident.py), which pushes weights into
-        it, so the engine runs in this process; on a GPU it also sleeps while the trainer runs."""
+        it, so the engine runs in this process; on a GPU it also sleeps while the trainer runs. Where
+        this process already belongs to torch.distributed's process group (process 0 of a block's
+        sharded trainer), the engine runs in a process of its own instead, since vLLM would make its
+        own process groups over the trainer's processes, and pushes go through a file."""
         # vLLM places the model on the visible GPUs itself (tensor_parallel_size of them), or on the
         # CPU for device "cpu", and batches continuously, so the HF backend's batch size does not apply.
         del batch_size
         device = "cpu" if device == "cpu" else "cuda"
-        if resident:
+        self._own_process = resident and _in_a_process_group()
+        if self._own_process:
+            # A fresh interpreter: a forked one would inherit this process's group.
+            os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="1", VLLM_WORKER_MULTIPROC_METHOD="spawn")
+            log.info("vLLM's engine runs in a process of its own: this one belongs to the trainer's process group")
+        elif resident:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the push reaches the model runner in this process
         vllm = _import_vllm(device)
         self._sampling_params = vllm.SamplingParams
@@ -142,13 +152,21 @@ class VLLMEngine:
     def load_weights(self, state_dict: dict) -> None:
         """Replace the engine's weights in memory (a resident block's push after each round) and
         drop its prefix cache, whose blocks hold the old weights' keys and values (left in place,
-        a prompt that hits them gets log-probs of neither model's). In-process engines only
-        (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as on a CPU); ``reload_weights`` takes the checkpoint's
-        names, as the model's own ``load_weights`` of this vLLM build does not."""
+        a prompt that hits them gets log-probs of neither model's). ``reload_weights`` takes the
+        checkpoint's names, as the model's own ``load_weights`` of this vLLM build does not. An
+        engine in its own process reads them from a safetensors file under $TMPDIR (every name,
+        tied ones too: vLLM reloads the output layer apart)."""
         if self._asleep:  # the weights' memory first, the KV cache once the new weights are in
             self.llm.wake_up(tags=["weights"])
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.reload_weights(weights_iterator=iter(state_dict.items()))
+        if self._own_process:
+            from safetensors.torch import save_file
+
+            with tempfile.TemporaryDirectory(prefix="rosd-push-") as folder:
+                save_file(_unshared(state_dict), str(Path(folder) / "model.safetensors"))
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+        else:
+            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+            runner.reload_weights(weights_iterator=iter(state_dict.items()))
         if self._asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self._asleep = False
@@ -162,3 +180,20 @@ class VLLMEngine:
             self.llm.sleep(level=2)
             self._asleep = True
 
+
+
+def _in_a_process_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _unshared(state_dict: dict) -> dict:
+    """The weights as safetensors can write them: contiguous, and a tensor whose memory another name
+    already holds (tied embeddings) copied."""
+    seen, out = set(), {}
+    for name, tensor in state_dict.items():
+        storage = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.detach().clone() if storage in seen else tensor.detach().contiguous()
+        seen.add(storage)
+    return out

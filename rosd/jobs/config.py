@@ -177,13 +177,6 @@ def check_runnable(config: dict) -> None:
             continue
         if problem := unsupported(settings, settings["train"]):
             raise ConfigError(f"config error: {problem}")
-        sharded = settings["train"].get("launcher") == "accelerate"
-        if config["execution"]["resident"] and sharded and config["generation"]["backend"] == "vllm":
-            # vLLM makes its process groups over every process of torch.distributed's world, and
-            # only process 0 of the block generates (rosd/jobs/blocks.py)
-            raise ConfigError(f"config error: method {method} trains under train.launcher=accelerate, whose resident blocks "
-                              "generate in process 0 of the training processes, where vLLM cannot start; set "
-                              "generation.backend: hf or execution.resident: false")
         if settings["teacher_context"] != "reference":
             continue
         for target in config["targets"]:

@@ -141,10 +141,11 @@ class Sharded:
     def shard(self, chunks: list) -> list[tuple[list, float]]:
         """This process's micro-batches, each with its weight in the loss. Every process must run as
         many forward/backward passes as the others (each one is a collective), so those with fewer
-        repeat a micro-batch with weight 0."""
+        repeat a micro-batch with weight 0. A step without loss has none, on any process."""
         mine = chunks[self.rank :: self.world_size]
         passes = -(-len(chunks) // self.world_size)
-        return [(chunk, 1.0) for chunk in mine] + [(chunks[0], 0.0)] * (passes - len(mine))
+        padding = [(chunks[0], 0.0)] * (passes - len(mine)) if len(mine) < passes else []
+        return [(chunk, 1.0) for chunk in mine] + padding
 
     def forward(self, fn, *args, **kwargs):
         return self.wrapped(fn, *args, **kwargs)
