@@ -181,7 +181,6 @@ class VLLMEngine:
             self._asleep = True
 
 
-
 def _in_a_process_group() -> bool:
     import torch.distributed as dist
 
