@@ -185,7 +185,7 @@ class Sharded:
             tmp = Path(chosen[0])
             state = {"optimizer": get_optimizer_state_dict(self.wrapped, optimizer), "global_step": global_step}
             dcp.save(state, checkpoint_id=str(tmp / SHARDED_TRAINER_STATE))
-            weights, ema = self._gathered(), self._gathered_ema() if self.ema is not None else None
+            weights, ema = self._gathered_student_and_ema()
             if self.is_main:
                 if ema is not None:
                     self.host_copy.load_state_dict(ema)
@@ -200,10 +200,15 @@ class Sharded:
         """Every process: the student's full weights into process 0's host copy (what a resident
         block pushes into its engine); the EMA teacher's full weights are returned there (None
         elsewhere, and without an EMA teacher)."""
-        weights, ema = self._gathered(), self._gathered_ema() if self.ema is not None else None
+        weights, ema = self._gathered_student_and_ema()
         if self.is_main:
             self.host_copy.load_state_dict(weights)
         return ema
+
+    def _gathered_student_and_ema(self) -> tuple[dict | None, dict | None]:
+        """The student's and the EMA teacher's full weights, complete on process 0 (None elsewhere,
+        and the EMA's None without one)."""
+        return self._gathered(), self._gathered_ema() if self.ema is not None else None
 
     def _gathered(self) -> dict | None:
         """The full weights, complete on process 0 (None elsewhere)."""
