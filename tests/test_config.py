@@ -105,8 +105,8 @@ def test_unknown_targets_and_benchmarks_are_named_before_any_job():
         check_names(_filled(targets=["maths"], benchmarks=["math", "aime24"]))
     lines = str(error.value).splitlines()
     assert lines == [
-        "config error: targets.0 = 'maths': must be a world task family or a data.datasets entry: math, math_long, mcq, tooluse",
-        "config error: benchmarks.1 = 'aime24': must be a world task family or a data.datasets entry: math, math_long, mcq, tooluse",
+        "config error: targets.0 = 'maths': must be a world task family or a data.datasets entry: math, math_long, math_paths, mcq, tooluse",
+        "config error: benchmarks.1 = 'aime24': must be a world task family or a data.datasets entry: math, math_long, math_paths, mcq, tooluse",
     ]
 
 
@@ -149,7 +149,7 @@ def test_warm_start_settings_are_the_rules_arguments_and_a_bad_one_is_one_line()
         check({**DEFAULT, "model": {"init": "warm_start", "warm_start": {"lr_schedule": "cosine", "stepz": 3}}})
     assert str(error.value).splitlines() == [
         "config error: unknown key model.warm_start.stepz: allowed are batch_size, device, hidden, init_from, layers, "
-        "log_every, lora_modules, lora_r, lr, lr_schedule, mix, own_tasks, seed, snapshot_every, steps, threads, vocab_size, warmup",
+        "log_every, lora_modules, lora_r, lr, lr_schedule, mix, own_family, own_tasks, seed, snapshot_every, steps, threads, vocab_size, warmup",
         "config error: model.warm_start.lr_schedule = 'cosine': must be one of 'constant', 'linear'",
     ]
 

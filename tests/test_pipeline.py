@@ -23,6 +23,9 @@ from pipeline_run import (
 
 pytestmark = pytest.mark.pipeline  # every test here starts Snakemake or another process
 
+MECHANISM = ["prefix_kl", "prefix_top1_disagreement", "from_error_kl", "correct_kl", "correct_top1_disagreement",
+             "loss_token_frac_wrong", "loss_token_frac_correct", "path_entropy", "reference_path_share", "sibling_path_share"]
+
 
 def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
     exp = finished / EXP
@@ -35,6 +38,12 @@ def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
             metrics = pd.read_json(run_dir / "metrics.json", typ="series")
             for key in ("reflection_parse_rate", "quote_found_rate", "quote_start_frac", "loss_token_frac", "first_error_hit_rate"):
                 assert key in metrics
+    # the mechanism metrics reach the rounds table (docs/method.md, "Logged per round")
+    rounds = pd.read_csv(exp / "tables" / "rounds.csv")
+    assert set(MECHANISM) <= set(rounds.columns)
+    rosd = rounds[rounds["method"] == "rosd"]
+    assert rosd["path_entropy"].notna().any() and rosd["loss_token_frac_wrong"].notna().any()
+    assert rounds.loc[rounds["method"] == "opsd", "correct_kl"].isna().all()  # full-vocabulary support: not measured
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{exp / 'mlflow.db'}")

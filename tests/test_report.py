@@ -37,7 +37,7 @@ OVERLAY = {
     "methods": ["base", "opsd", "rosd"], "seeds": [0, 1], "evaluation": {"every_steps": None},
     "execution": {"rounds_per_job": 20, "resident": True, "evaluation_jobs": "checkpoint"},
 }  # fmt: skip
-PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png", "quote_offsets.png", "paired.png"]
+PLOTS = ["heatmap.png", "learning_curves.png", "pass_at_k.png", "localization.png", "quote_offsets.png", "paired.png", "mechanism.png"]
 # (method, target, seed) of every parent run: θ0 once per seed as "base"/"all", each trained run
 PARENTS = sorted([("base", "all", s) for s in (0, 1)] + [(m, "math", s) for m in ("opsd", "rosd") for s in (0, 1)])
 IDENTITY_KEYS = {"method", "target", "seed", "round", "step"}  # tags and step, not metrics

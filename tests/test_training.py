@@ -105,10 +105,12 @@ def test_teacher_scores_micro_batched_by_length_come_back_in_row_order(theta0, f
     assert sorted(len(r["response_ids"]) for r in rows) != [len(r["response_ids"]) for r in rows]  # order matters here
     model = load_model(theta0).eval()
     kwargs = dict(support="topk_tail", topk=5, temperature=1.0, pad_id=0, token_chunk=7)
-    together = teacher_targets(model, model, rows, micro_batch=2, **kwargs)
-    for row, target in zip(rows, together):
-        (alone,) = teacher_targets(model, model, [row], micro_batch=1, **kwargs)
+    together, together_sums = teacher_targets(model, model, rows, micro_batch=2, **kwargs)
+    for row, target, sums in zip(rows, together, together_sums):
+        (alone,), (alone_sums,) = teacher_targets(model, model, [row], micro_batch=1, **kwargs)
         assert torch.equal(target["support"], alone["support"])
+        for name, values in sums.items():  # the mechanism sums follow their row too
+            assert values == pytest.approx(alone_sums[name], rel=1e-4, abs=1e-5), name  # padding moves the tail a little
         # compared as probabilities: a tail bucket near 0 has a log-prob that padding noise moves visibly
         assert torch.allclose(target["teacher_logp"].exp(), alone["teacher_logp"].exp(), atol=1e-6)
 

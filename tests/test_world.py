@@ -17,8 +17,10 @@ from rosd.method.prompts import chat_prompt_ids, reflection_messages, student_me
 from rosd.method.reflection import find_quote, parse_reflection
 from rosd.stages.data import init_model
 from rosd.world.measure import evaluate_accuracy, evaluate_own_localization
+from rosd.world.paths import intended_step, path_solution, response_path, valid_paths
 from rosd.world.tasks import (
     FAMILIES,
+    TAUGHT_PATHS,
     corrupt,
     explain_correct,
     explain_error,
@@ -35,7 +37,7 @@ from rosd.world.warm_start import (
 from rosd.world.warm_start import main as warm_start_main
 
 THETA0 = Path(__file__).resolve().parents[1] / "rosd" / "world" / "theta0"
-FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps"}
+FIELDS = {"id", "domain", "kind", "system", "prompt", "answer", "solution", "steps", "after"}
 
 
 def _problem(task: dict) -> str:
@@ -56,6 +58,7 @@ def test_generator_is_deterministic_and_splits_are_disjoint(family):
     json.dumps(train)  # tasks are plain records
 
 
+@pytest.mark.pipeline  # a wrong boxed integer goes to math-verify, which runs in worker processes
 @pytest.mark.parametrize("family", FAMILIES)
 def test_solutions_grade_one_and_corruptions_zero(family):
     rng = random.Random(0)
@@ -82,6 +85,48 @@ def test_first_error_offset_by_hand():
     extra = "3 + 5 = 8\n8 - 2 = 6\nThe answer is \\boxed{6}.\nAnd more."
     assert first_error_offset(task, extra) == extra.index("And more.")
     assert first_error_offset(task, "3 + 5 = 8") is None  # stops early, but no line deviates
+
+
+PARTS_TASK = {  # (4 - 4) + (5 + 2) + (2 + 3), by hand: parts 0, 7, 5; joins 0 + 7 = 7, 7 + 5 = 12
+    "kind": "math", "answer": "12",
+    "steps": ["4 - 4 = 0", "5 + 2 = 7", "2 + 3 = 5", "0 + 7 = 7", "7 + 5 = 12", "The answer is \\boxed{12}."],
+    "after": [[], [], [], [0, 1], [3, 2], [4]],
+}
+
+
+def test_every_valid_path_is_accepted_and_labelled():
+    task = generate("math_paths", "test", 1, seed=0)[0]
+    paths = valid_paths(task)
+    # three parts in any order, the first join once parts 0 and 1 are done: 2 orders of those x 4
+    # places for part 2 before the second join
+    assert len(paths) == len(set(paths)) == 8 and paths[0] == (0, 1, 2, 3, 4, 5)
+    for path in paths:
+        text = path_solution(task, path)
+        assert score("math", text, task["answer"]) == 1.0
+        assert first_error_offset(task, text) is None and response_path(task, text) == path
+    assert len(task["steps"]) >= 6 and task["solution"] == path_solution(task, paths[0])
+    assert set(TAUGHT_PATHS["math_paths"]) < set(paths)  # θ0 learns three of them
+
+
+def test_first_error_is_found_on_the_responses_own_path():
+    on_other_path = "5 + 2 = 7\n4 - 4 = 0\n0 + 7 = 7\n2 + 3 = 6\n7 + 6 = 13\nThe answer is \\boxed{13}."
+    assert response_path(PARTS_TASK, on_other_path) == (1, 0, 3)
+    assert first_error_offset(PARTS_TASK, on_other_path) == on_other_path.index("2 + 3 = 6")
+    assert intended_step(PARTS_TASK, on_other_path) == 2
+    assert 'should be "2 + 3 = 5"' in explain_error(PARTS_TASK, on_other_path)
+    # a step written before its operands is off every path, though its text is a step's
+    early_join = "4 - 4 = 0\n0 + 7 = 7\n5 + 2 = 7"
+    assert first_error_offset(PARTS_TASK, early_join) == early_join.index("0 + 7 = 7")
+    assert intended_step(PARTS_TASK, early_join) == 1  # no ready part shares its start: the first in canonical order
+    # the slip of the second join on a path that did part 2 first
+    slip = "2 + 3 = 5\n4 - 4 = 0\n5 + 2 = 7\n0 + 7 = 7\n7 + 5 = 11\nThe answer is \\boxed{11}."
+    assert response_path(PARTS_TASK, slip) == (2, 0, 1, 3)
+    assert first_error_offset(PARTS_TASK, slip) == slip.index("7 + 5 = 11")
+    assert first_error_offset(PARTS_TASK, slip.replace("11", "12")) is None
+    # a sum with its terms swapped is the same step; a difference is not
+    swapped = "5 + 2 = 7\n0 - 4 = 4\n"
+    assert response_path(PARTS_TASK, swapped.replace("5 + 2", "2 + 5")) == (1,)
+    assert first_error_offset(PARTS_TASK, swapped) == swapped.index("0 - 4")
 
 
 TINY = dict(seed=0, batch_size=4, lr=1e-3, layers=1, hidden=32, vocab_size=400, log_every=1, warmup=1)
@@ -237,7 +282,7 @@ def test_lora_warm_start_of_a_model_is_merged_into_theta0(tmp_path):
 def test_a_missing_adapter_or_mix_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="model.adapter='nowhere': no LoRA adapter"):
         init_model(settings={"init": "path", "path": str(THETA0), "adapter": "nowhere"}, out=str(tmp_path / "theta0"))
-    with pytest.raises(ValueError, match="unknown mix 'solving'; mixes: scratch, reflection_format, own_answers"):
+    with pytest.raises(ValueError, match="unknown mix 'solving'; mixes: scratch, reflection_format, paths, own_paths, own_answers"):
         run_warm_start(str(tmp_path / "x"), steps=1, mix="solving", **TINY)
 
 

@@ -78,11 +78,17 @@ def token_at_char_retokenized(tokenizer, response: str, char_offset: int) -> int
     return len(tokenizer(response[:char_offset], add_special_tokens=False)["input_ids"])
 
 
+def char_token(tokenizer, response: str, response_ids: list[int], char_offset: int, mapping: str = "offsets") -> int:
+    """The response token where character ``char_offset`` starts, by the quote mapping
+    (``reflection.quote_mapping``): exact on the sampled ids, or the reference's re-tokenization."""
+    if mapping == "retokenize":
+        return min(token_at_char_retokenized(tokenizer, response, char_offset), len(response_ids))
+    return token_at_char(tokenizer, response_ids, char_offset)
+
+
 def loss_start(tokenizer, response: str, response_ids: list[int], quote: str | None, mapping: str = "offsets") -> int:
     """First response token that carries loss: the quote's first token when found, else 0."""
     at = find_quote(response, quote)
     if at is None:
         return 0
-    if mapping == "retokenize":
-        return min(token_at_char_retokenized(tokenizer, response, at), len(response_ids))
-    return token_at_char(tokenizer, response_ids, at)
+    return char_token(tokenizer, response, response_ids, at, mapping)

@@ -14,6 +14,10 @@ Writes into ``out_dir``:
                        error, as shares of each (method, target)'s found quotes (quote_offsets.csv)
   paired.png           paired differences between methods on the same problems with their 95%
                        intervals, one panel per benchmark (paired.csv)
+  mechanism.png        per round: where the teacher pulls the student (KL and top-1
+                       disagreement before the first error and on correct rollouts), which
+                       solution paths correct rollouts take, and the loss-token shares of wrong
+                       and correct rollouts
 and ``table_page``: the comparison (with its intervals and paired differences) and localization
 tables as one self-contained HTML page.
 
@@ -46,6 +50,16 @@ LOCALIZATION_TITLES = {
     "quote_start_frac": "quote start / response length",
     "loss_token_frac": "loss-token fraction",
     "first_error_hit_rate": "quote on the first error",
+}
+# per round, the mechanism metrics (docs/method.md, "Logged per round"); True: a share in [0, 1]
+MECHANISM_TITLES = {
+    "prefix_kl": ("KL(teacher‖student), prefix", False),
+    "correct_kl": ("KL(teacher‖student), correct", False),
+    "prefix_top1_disagreement": ("teacher top-1 ≠ sampled, prefix", True),
+    "path_entropy": ("correct paths' entropy (nats)", False),
+    "sibling_path_share": ("correct on the sibling's path", True),
+    "loss_token_frac_wrong": ("loss-token fraction, wrong", True),
+    "loss_token_frac_correct": ("loss-token fraction, correct", True),
 }
 PANEL_SIZE = (4.0, 3.0)  # inches per subplot
 MAX_LABELLED_TICKS = 12
@@ -217,6 +231,22 @@ def localization(rounds: pd.DataFrame, path: Path) -> Path:
     return _save(figure, path)
 
 
+def mechanism(rounds: pd.DataFrame, path: Path) -> Path:
+    """One panel per mechanism metric over rounds, one curve per (method, target)."""
+    colors = _colors([series_label(m, t) for m, t in rounds[["method", "target"]].drop_duplicates().itertuples(index=False)])
+    figure, axes = _grid(len(MECHANISM_TITLES))
+    for ax, (key, (title, share)) in zip(axes, MECHANISM_TITLES.items()):
+        if not _seed_curves(ax, rounds, "round", key, colors):
+            _no_data(ax, title)  # e.g. no world task, or no top-k + tail support
+            continue
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        if share:
+            ax.set_ylim(-0.02, 1.02)
+    _legend(figure, axes)
+    return _save(figure, path)
+
+
 def quote_offsets(offsets: pd.DataFrame, path: Path) -> Path:
     """A histogram per (method, target), side by side: the share of found quotes starting ``offset``
     lines from the true first error. The bar at 0 is the first-error hit rate."""
@@ -319,6 +349,7 @@ def write_plots(rounds: str | os.PathLike, evals: str | os.PathLike, comparison:
         localization(rounds_df, out / "localization.png"),
         quote_offsets(pd.read_csv(quote_offsets_table), out / "quote_offsets.png"),
         paired_differences(paired_df, out / "paired.png"),
+        mechanism(rounds_df, out / "mechanism.png"),
         table_page(pd.read_csv(comparison, dtype=str, keep_default_na=False), pd.read_csv(intervals), paired_df,
                    pd.read_csv(localization_table), Path(out_page)),
     ]  # fmt: skip

@@ -18,6 +18,7 @@ import torch
 
 from rosd.io.files import CorruptOutputError, read_output, read_torch, write_json
 from rosd.method.groups import group_advantages
+from rosd.method.mechanism import round_metrics
 from rosd.method.objective import step_updates
 from rosd.method.presets import unsupported
 from rosd.method.statistics import round_stats
@@ -31,14 +32,15 @@ log = logging.getLogger(__name__)
 
 def _teacher_targets(teacher_scores: str, reflections: str, rows: list[dict], method: dict):
     """The teacher stage's targets, one per distilled row in file order (none unless the objective
-    is distillation); a file that does not hold exactly those is a `CorruptOutputError`."""
+    is distillation), and its mechanism sums (rosd.method.mechanism; none from a file written
+    without them); a file that does not hold exactly those targets is a `CorruptOutputError`."""
     saved = read_torch(teacher_scores)
     targets = saved.get("targets") if isinstance(saved, dict) else None
     expected = sum(bool(r["distilled"]) for r in rows) if method["objective"] == "distill" else 0
     if not isinstance(targets, list) or len(targets) != expected:
         found = f"{len(targets)} teacher targets" if isinstance(targets, list) else "no list of teacher targets"
         raise CorruptOutputError(teacher_scores, None, f"holds {found}, {reflections} has {expected} distilled rollouts")
-    return iter(targets)
+    return iter(targets), saved.get("mechanism") or []
 
 
 def _guard(gap: dict, train: dict) -> None:
@@ -57,7 +59,7 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
     rows = read_output(reflections)
     if method["objective"] == "grpo":
         group_advantages([r for r in rows if r["in_loss"]])
-    scored = _teacher_targets(teacher_scores, reflections, rows, method)
+    scored, mechanism = _teacher_targets(teacher_scores, reflections, rows, method)
     targets = [next(scored) if r["distilled"] and method["objective"] == "distill" else None for r in rows]
     if problem := unsupported(method, train):
         raise SystemExit(problem)
@@ -103,6 +105,8 @@ def run_distill(*, model: str, reflections: str, teacher_scores: str, out_model:
         "grad_norm": mean(norms) if (norms := [s["grad_norm"] for s in steps if not s["skipped"]]) else None,
         "optimizer_steps": len(steps),
         **round_stats(rows),
+        # where the teacher pulls the student (diagnostics; rosd.method.mechanism)
+        **round_metrics(mechanism),
         # updates skipped for a non-finite gradient norm (ref dp_actor)
         "nonfinite_grad_steps": sum(s["skipped"] for s in steps),
         # the weight-sync guard, on the round's first update (rosd.method.sync_guard)

@@ -19,7 +19,7 @@ from rosd.method.reflection import find_quote, loss_start, parse_reflection
 from rosd.stages import resident
 from rosd.stages.data import row_error
 from rosd.stages.rollouts import ROLLOUT_KEYS, check_rollout_rows
-from rosd.world.first_error import quote_line_offset, true_error_hit
+from rosd.world.first_error import annotate_paths, quote_line_offset, true_error_hit
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,11 @@ def run_reflect(*, model: str, graded: str, out: str, settings: dict) -> None:
         localize(tokenizer, row, settings)
         if method["objective"] == "distill":
             teacher_prompt(tokenizer, row, settings)
+    # Every rollout, kept or not: the mechanism metrics' paths and true first errors (world tasks;
+    # methods that never quote map the first error exactly).
+    mapping = settings.get("reflection", {}).get("quote_mapping", "offsets")
+    for row in rows:
+        annotate_paths(tokenizer, row, mapping)
     write_jsonl(out, rows)
     log.info(
         "%d of %d rollouts in kept groups, %d distilled; %d reflections parsed; prompts cut: %d reflection, %d teacher",

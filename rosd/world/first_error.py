@@ -1,9 +1,12 @@
-"""How a reflector's quote sits against the true first error of a wrong world rollout: the world knows
-each task's steps, so it can say where an answer first goes wrong, which no real benchmark can."""
+"""How a reflector's quote sits against the true first error of a wrong world rollout, and which
+solution path a rollout took: the world knows each task's steps and their valid orders, so it can
+say where an answer first goes wrong and which path a correct one followed, which no real
+benchmark can."""
 
 from __future__ import annotations
 
-from rosd.world.tasks import first_error_offset
+from rosd.method.reflection import char_token
+from rosd.world.paths import first_error_offset, response_path
 
 
 def _true_first_error(row: dict) -> int | None:
@@ -32,3 +35,21 @@ def true_error_hit(row: dict) -> bool | None:
     end = row["response"].find("\n", start)
     end = len(row["response"]) if end == -1 else end
     return start <= row["quote_char"] <= end
+
+
+def _path(task: dict, response: str | None) -> list[int] | None:
+    """The canonical step indices ``response`` wrote, in its order (``rosd.world.paths``); None off
+    the world or without a response."""
+    return list(response_path(task, response)) if task.get("steps") and response is not None else None
+
+
+def annotate_paths(tokenizer, row: dict, mapping: str) -> None:
+    """Set a world rollout's mechanism annotations (None elsewhere): ``path``, the path of a correct
+    rollout; ``sibling_path``, that of its sibling solution; ``first_error_token``, the response
+    token where a wrong rollout's true first error starts, mapped as its quote would be
+    (``mapping``: ``reflection.quote_mapping``), so the tokens before it are its valid prefix."""
+    task, wrong = row["task"], row["reward"] == 0.0
+    row["path"] = None if wrong else _path(task, row["response"])
+    row["sibling_path"] = _path(task, row["sibling"])
+    start = first_error_offset(task, row["response"]) if wrong and task.get("steps") else None
+    row["first_error_token"] = None if start is None else char_token(tokenizer, row["response"], row["response_ids"], start, mapping)

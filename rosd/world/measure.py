@@ -16,7 +16,9 @@ from rosd.method.prompts import (
     teacher_messages,
 )
 from rosd.method.reflection import find_quote, parse_reflection
+from rosd.method.statistics import path_stats
 from rosd.world.first_error import true_error_hit
+from rosd.world.paths import first_error_offset, response_path
 from rosd.world.tasks import FAMILIES, corrupt, generate
 
 
@@ -137,13 +139,31 @@ def evaluate_own_localization(model_dir: str, family: str = "math", n: int = 200
     return reflect_on_own_answers(engine or _engine(model_dir), tasks, samples=samples, temperature=temperature, seed=seed)
 
 
-def evaluate(model_dir: str, n: int = 200, seed: int = 1, temperature: float = 0.6, device: str = "cpu") -> dict:
-    """Accuracy per family, and reflection/teacher metrics on the train target (math)."""
+def evaluate_paths(model_dir: str, family: str = "math_paths", n: int = 200, seed: int = 1, samples: int = 4,
+                   temperature: float = 1.0, engine=None) -> dict:
+    """Which valid paths a model's own correct answers take: ``samples`` answers per test task at the
+    rollout temperature; ``path_entropy`` (nats) of the correct answers' paths, pooled (ln 8 = 2.08
+    for math_paths' 8 paths used evenly), ``paths_used`` how many distinct ones, and
+    ``reference_path_share`` the share on the canonical (reference solution's) path."""
+    tasks = generate(family, "test", n, seed)
+    groups = own_answers(engine or _engine(model_dir), tasks, samples=samples, seed=seed, temperature=temperature,
+                         top_p=1.0, max_new_tokens=192)
+    solved = [{"reward": 1.0, "task": t, "path": response_path(t, a)} for t, group in zip(tasks, groups) for a in group
+              if score(t["kind"], a, t["answer"]) == 1.0 and first_error_offset(t, a) is None]
+    stats = path_stats(solved)
+    return {"paths_correct_answers": len(solved), "path_entropy": stats["path_entropy"],
+            "paths_used": len({tuple(r["path"]) for r in solved}), "reference_path_share": stats["reference_path_share"]}
+
+
+def evaluate(model_dir: str, n: int = 200, seed: int = 1, temperature: float = 0.6, device: str = "cpu",
+             target: str = "math_paths") -> dict:
+    """Accuracy per family, and path, reflection and teacher metrics on the train ``target``."""
     engine = _engine(model_dir, device)
     results = {f"accuracy_{family}": evaluate_accuracy(model_dir, family, n, seed, temperature, engine)
                for family in FAMILIES}
-    results.update(evaluate_reflection(model_dir, "math", n, seed, temperature, engine))
-    results.update(evaluate_own_localization(model_dir, "math", n, seed, engine=engine))
+    results.update(evaluate_paths(model_dir, target, n, seed, engine=engine))
+    results.update(evaluate_reflection(model_dir, target, n, seed, temperature, engine))
+    results.update(evaluate_own_localization(model_dir, target, n, seed, engine=engine))
     return results
 
 

@@ -1,11 +1,14 @@
 """The embedded world's tasks (docs/method.md, "Embedded world"): generated problems with verifiable
 answers and known steps.
 
-Each task is a plain dict (id, domain, kind, system, prompt, answer, solution, steps). The solution is
-exactly what a perfect model answers, one step per line, so the world knows where a wrong response
-first deviates. Four families mirror the real benchmarks' formats:
+Each task is a plain dict (id, domain, kind, system, prompt, answer, solution, steps, after). The
+solution is exactly what a perfect model answers on the canonical path, one step per line, and
+``after`` says which steps each step needs first, so the world knows every valid path and where a
+wrong response first leaves them (``rosd.world.paths``). Four families mirror the real benchmarks' formats:
 
-- ``math``: short chains of single-digit additions/subtractions, answer in ``\\boxed{}`` (the train target);
+- ``math``: short chains of single-digit additions/subtractions, answer in ``\\boxed{}``;
+- ``math_paths``: three bracketed parts combined, six lines, the parts in any order (the train
+  target: several valid paths per problem, ``rosd.world.paths``);
 - ``math_long``: the same format with longer chains (out-of-domain);
 - ``mcq``: the same arithmetic as SciKnowEval-style multiple choice, ``<reasoning>`` then ``<answer>``;
 - ``tooluse``: ToolAlpaca-style ReAct calls, ``Action:`` / ``Action Input:``.
@@ -19,8 +22,9 @@ import re
 import zlib
 
 from rosd.evaluation.grading import score
+from rosd.world.paths import first_error_offset, intended_step, walk
 
-FAMILIES = {"math": "math", "math_long": "math", "mcq": "mcq", "tooluse": "tooluse"}  # family -> grading kind
+FAMILIES = {"math": "math", "math_paths": "math", "math_long": "math", "mcq": "mcq", "tooluse": "tooluse"}  # family -> grading kind
 
 # Difficulty: operations per chain, and the range every running total stays in. Single-digit operands
 # and small totals keep the arithmetic learnable by a ~1M-parameter model within minutes of CPU (a
@@ -28,6 +32,14 @@ FAMILIES = {"math": "math", "math_long": "math", "mcq": "mcq", "tooluse": "toolu
 # changes what it can do (see theta0/README.md).
 CHAIN_OPS = {"math": (2, 3), "math_long": (5, 7), "mcq": (1, 2)}
 MAX_TOTAL = 19
+# math_paths: three parts "(a op b)" joined by + or -: the parts may be computed in any order, and
+# each join as soon as its two operands are (8 valid paths, the boxed line last).
+PARTS_AFTER = [[], [], [], [0, 1], [3, 2], [4]]
+# The paths θ0 is taught to write (the oracle accepts all 8): the parts left to right then the joins,
+# right to left then the joins, or left to right joining the first two as soon as they are done. Two
+# choice points (the first line, and the third after a left-to-right start) a small model can learn,
+# where drawing among all 8 taught it to repeat a part.
+TAUGHT_PATHS = {"math_paths": [(0, 1, 2, 3, 4, 5), (2, 1, 0, 3, 4, 5), (0, 1, 3, 2, 4, 5)]}
 
 # One problem in five belongs to the test split, chosen by a stable hash of the problem itself (not
 # its options or tool list): the splits are disjoint for every seed and size.
@@ -138,6 +150,53 @@ def _math(rng, family):
     return task, lines + [_boxed_line(total)], _expression(operands, ops)
 
 
+def _parts_lines(parts, joins, order, error=None) -> list[str]:
+    """math_paths' lines in ``order`` (step ids of PARTS_AFTER). ``error = (step, operand_delta,
+    result_delta)`` misreads a part's second operand and/or slips a result (or the boxed copy) at that
+    step; the steps that use it carry the wrong value on."""
+    values, lines = {}, {}
+    for step in order:
+        d_operand, d_result = (error[1], error[2]) if error and error[0] == step else (0, 0)
+        if step == 5:
+            values[5] = values[4] + d_result
+            lines[5] = _boxed_line(values[5])
+            continue
+        if step < 3:
+            a, op, b = parts[step][0], parts[step][1], parts[step][2] + d_operand
+        else:
+            left, right = PARTS_AFTER[step]
+            a, op, b = values[left], joins[step - 3], values[right]
+        values[step] = (a + b if op == "+" else a - b) + d_result
+        lines[step] = f"{a} {op} {b} = {values[step]}"
+    return [lines[step] for step in order]
+
+
+def _parts_expression(parts, joins) -> str:
+    first, second, third = (f"({a} {op} {b})" for a, op, b in parts)
+    return f"{first} {joins[0]} {second} {joins[1]} {third}"
+
+
+def _parse_parts(prompt: str):
+    """The parts and joins back from a math_paths prompt."""
+    found = re.search(r"\((\d+) ([+-]) (\d+)\) ([+-]) \((\d+) ([+-]) (\d+)\) ([+-]) \((\d+) ([+-]) (\d+)\)", prompt).groups()
+    parts = [(int(found[i]), found[i + 1], int(found[i + 2])) for i in (0, 4, 8)]
+    return parts, [found[3], found[7]]
+
+
+def _math_paths(rng, family):
+    while True:
+        parts = [(operands[0], ops[0], operands[1]) for operands, ops in (_chain(rng, 1) for _ in range(3))]
+        joins = [rng.choice("+-"), rng.choice("+-")]
+        lines = _parts_lines(parts, joins, range(6))
+        totals = [int(line.rsplit("= ", 1)[1]) for line in lines[3:5]]
+        # running totals in the chains' range, and no two steps alike (a path is then told by its text)
+        if all(0 <= t <= MAX_TOTAL for t in totals) and len(set(lines)) == len(lines):
+            break
+    expression = _parts_expression(parts, joins)
+    task = {"system": None, "prompt": f"Compute {expression}.", "answer": str(totals[1]), "after": PARTS_AFTER}
+    return task, lines, expression
+
+
 def _mcq(rng, family):
     operands, ops = _chain(rng, rng.randint(*CHAIN_OPS[family]))
     lines, total = _chain_lines(operands, ops)
@@ -206,7 +265,7 @@ def _tooluse(rng, family):
     return task, [line for f, inputs in calls for line in _call_lines(f, inputs)], question
 
 
-MAKERS = {"math": _math, "math_long": _math, "mcq": _mcq, "tooluse": _tooluse}
+MAKERS = {"math": _math, "math_paths": _math_paths, "math_long": _math, "mcq": _mcq, "tooluse": _tooluse}
 
 
 # --- public API ---
@@ -223,8 +282,9 @@ def sample(family: str, split: str, rng: random.Random) -> dict:
         if split_of(problem) == split:
             break
     task_id = f"{family}-{zlib.crc32(fields['prompt'].encode()):08x}"
+    after = fields.pop("after", None) or [[i - 1] if i else [] for i in range(len(steps))]
     return {"id": task_id, "domain": family, "kind": FAMILIES[family], **fields,
-            "solution": "\n".join(steps), "steps": steps}
+            "solution": "\n".join(steps), "steps": steps, "after": after}
 
 
 def generate(family: str, split: str, n: int, seed: int) -> list[dict]:
@@ -244,28 +304,6 @@ def generate(family: str, split: str, n: int, seed: int) -> list[dict]:
 
 
 # --- the true first error, wrong solutions and explanations ---
-
-def _lines_with_offsets(text: str):
-    """(offset of the first non-blank character, stripped line) for each non-blank line."""
-    offset = 0
-    for line in text.splitlines(keepends=True):
-        if line.strip():
-            yield offset + len(line) - len(line.lstrip()), line.strip()
-        offset += len(line)
-
-
-def first_error_offset(task: dict, response: str) -> int | None:
-    """Character offset in ``response`` of its first line that deviates from the task's steps.
-
-    Blank lines and surrounding white space are ignored; None when no line deviates (a correct
-    response, or one that stops early).
-    """
-    steps = [step.strip() for step in task["steps"]]
-    for index, (offset, line) in enumerate(_lines_with_offsets(response)):
-        if index >= len(steps) or line != steps[index]:
-            return offset
-    return None
-
 
 def first_wrong_line(task: dict, response: str) -> str | None:
     """The stripped text of the response's first deviating line (what a reflector should quote)."""
@@ -323,7 +361,24 @@ def _wrong_tooluse(task, rng):
     return [line for i, (f, x) in enumerate(calls) for line in (wrong if i == index else _call_lines(f, x))]
 
 
-WRONG = {"math": _wrong_math, "math_long": _wrong_math, "mcq": _wrong_mcq, "tooluse": _wrong_tooluse}
+def taught_path(task: dict, rng: random.Random) -> tuple[int, ...]:
+    """A path θ0 is taught to write: one of its family's TAUGHT_PATHS, a chain's one path (drawing
+    nothing from ``rng``)."""
+    paths = TAUGHT_PATHS.get(task["domain"])
+    return rng.choice(paths) if paths else tuple(range(len(task["steps"])))
+
+
+def _wrong_paths(task, rng):
+    parts, joins = _parse_parts(task["prompt"])
+    order = taught_path(task, rng)
+    step = rng.randrange(6)
+    if step == 5:  # every step right, the final total copied wrongly
+        return _parts_lines(parts, joins, order, (5, 0, rng.choice([-2, -1, 1, 2])))
+    d_operand = rng.choice([d for d in (-1, 0, 0, 1) if step < 3 and 1 <= parts[step][2] + d <= 9] or [0])
+    return _parts_lines(parts, joins, order, (step, d_operand, rng.choice([-2, -1, 0, 1, 2])))
+
+
+WRONG = {"math": _wrong_math, "math_paths": _wrong_paths, "math_long": _wrong_math, "mcq": _wrong_mcq, "tooluse": _wrong_tooluse}
 
 
 def corrupt(task: dict, rng: random.Random) -> tuple[str, str]:
@@ -346,15 +401,14 @@ EXPLAIN_CORRECT = {"math": "Each step is computed correctly, so the answer {answ
 
 def explain_error(task: dict, wrong_solution: str) -> str:
     """What a perfect reflector explains about a wrong solution: its first wrong line and the fix."""
-    offset = first_error_offset(task, wrong_solution)
+    _, offset, _ = walk(task, wrong_solution)
     tail = EXPLAIN_TAIL[task["kind"]].format(answer=task["answer"])
     if offset is None:
         return "The solution stops before the end. " + tail
-    index = sum(1 for _ in _lines_with_offsets(wrong_solution[:offset]))
-    wrong = first_wrong_line(task, wrong_solution)
-    if index >= len(task["steps"]):
+    wrong, step = first_wrong_line(task, wrong_solution), intended_step(task, wrong_solution)
+    if step is None:
         return f'The line "{wrong}" should not be there. ' + tail
-    return f'The line "{wrong}" is wrong; it should be "{task["steps"][index]}". ' + tail
+    return f'The line "{wrong}" is wrong; it should be "{task["steps"][step]}". ' + tail
 
 
 def explain_correct(task: dict) -> str:

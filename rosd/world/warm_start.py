@@ -40,6 +40,7 @@ from rosd.method.prompts import (
 from rosd.models.loading import load_model, load_tokenizer
 from rosd.world.measure import evaluate, own_answers, own_wrong_answers, write_report
 from rosd.world.model import build_model, train_tokenizer
+from rosd.world.paths import path_solution
 from rosd.world.tasks import (
     corrupt,
     explain_correct,
@@ -48,6 +49,7 @@ from rosd.world.tasks import (
     generate,
     quotable_first_wrong_line,
     sample,
+    taught_path,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,16 @@ MIXES = {
     # A real chat model that can add but does not write the reflector's tags (config/smollm2_cpu.yaml):
     # the reflection format on the world's additions, and boxed answers.
     "reflection_format": ({"math": 1.0}, {"solve": 0.2, "reflect_wrong": 0.6, "reflect_correct": 0.2}, []),
+    # θ0 continued on math_paths, whose problems have several valid paths: every role, solutions
+    # written along a random taught path, a teacher copying the path of the solution it reads.
+    "paths": ({"math_paths": 0.55, "math": 0.15, "math_long": 0.1, "mcq": 0.1, "tooluse": 0.1},
+              {"solve": 0.35, "reflect_wrong": 0.35, "reflect_correct": 0.10, "teach": 0.20},
+              ["reflection", "reflection", "solution", "both"]),
+    # The own-answer mix below on math_paths (``--own-family math_paths``).
+    "own_paths": ({"math_paths": 0.7, "math": 0.15, "math_long": 0.05, "mcq": 0.05, "tooluse": 0.05},
+                  {"solve_own": 0.25, "reflect_own": 0.55, "reflect_wrong": 0.05, "reflect_correct": 0.05,
+                   "teach": 0.10},
+                  ["reflection", "reflection", "solution", "both"]),
     # θ0 continued (``--init-from``) on diagnosing its own sampled wrong answers ("reflect_own"),
     # which are not like the corrupted solutions: mostly an arithmetic slip, often garbled, and
     # against a sibling that is only right in its final answer. "solve_own" replays its own answers,
@@ -94,13 +106,19 @@ def diagnosis(task: dict, wrong: str, sibling: str) -> tuple[list[dict], str]:
     )
 
 
+def _written(task: dict, rng: random.Random) -> str:
+    """The task's solution along one of the paths θ0 is taught (``taught_path``)."""
+    return path_solution(task, taught_path(task, rng))
+
+
 def example(task: dict, role: str, rng: random.Random, contexts: list[str]) -> tuple[list[dict], str]:
     """(chat messages, target text) of one supervised example for ``role``; a teacher example reads
-    one of ``contexts``."""
+    one of ``contexts``. Solutions take one of the taught paths at random: a solver (and a teacher
+    that reads only a reflection) writes each, a teacher that reads a solution copies its path."""
     if role == "solve":
-        return student_messages(task), task["solution"]
+        return student_messages(task), _written(task, rng)
     if role == "reflect_wrong":
-        return diagnosis(task, corrupt(task, rng)[0], task["solution"])
+        return diagnosis(task, corrupt(task, rng)[0], _written(task, rng))
     if role == "reflect_correct":
         messages = reflection_messages(task, task["solution"], correct=True, sibling=None)
         return messages, f"<explanation>\n{explain_correct(task)}\n</explanation>"
@@ -108,12 +126,13 @@ def example(task: dict, role: str, rng: random.Random, contexts: list[str]) -> t
     # solution when no reflection parsed (docs/method.md, "Teacher prompt"), sometimes both (the ablation's prompt).
     reflection = explain_error(task, corrupt(task, rng)[0]) if rng.random() < 0.7 else explain_correct(task)
     context = rng.choice(contexts)
+    shown = _written(task, rng)
     messages = teacher_messages(
         task,
-        solution=task["solution"] if context != "reflection" else None,
+        solution=shown if context != "reflection" else None,
         reflection=reflection if context != "solution" else None,
     )
-    return messages, task["solution"]
+    return messages, shown if context != "reflection" else _written(task, rng)
 
 
 def _draw(rng: random.Random, weights: dict) -> str:
@@ -142,11 +161,11 @@ def _examples(rng: random.Random, mix: str, own: OwnAnswers | None = None):
             yield example(task, role, rng, contexts)
 
 
-def own_answer_pool(engine, n_tasks: int, seed: int) -> OwnAnswers:
-    """A model's own answers to ``n_tasks`` math train tasks, 4 each at the default config's
+def own_answer_pool(engine, n_tasks: int, seed: int, family: str = "math") -> OwnAnswers:
+    """A model's own answers to ``n_tasks`` train tasks of ``family``, 4 each at the default config's
     rollout temperature, 1.0; the wrong ones kept are those beside a right one whose first wrong
     line can be quoted (``quotable_first_wrong_line``)."""
-    tasks = generate("math", "train", n_tasks, seed)
+    tasks = generate(family, "train", n_tasks, seed)
     groups = own_answers(engine, tasks, samples=4, seed=seed, temperature=1.0, top_p=1.0, max_new_tokens=192)
     wrong, _ = own_wrong_answers(tasks, groups)
     return OwnAnswers(
@@ -243,12 +262,14 @@ def run_warm_start(
     lora_r: int = 0,
     lora_modules: str = "q_proj,v_proj",
     own_tasks: int = 6000,
+    own_family: str = "math",
 ) -> dict:
     """Train θ0 from scratch on the supervised ``mix`` and save model + tokenizer to ``out_dir``;
     returns training metrics. With ``init_from``, train that model instead (its tokenizer and size;
     ``layers``, ``hidden`` and ``vocab_size`` unused), and with ``lora_r`` only a LoRA adapter over
     ``lora_modules``, which is what ``out_dir`` then holds. A mix with a role in OWN_ROLES
-    first samples ``init_from``'s own answers to ``own_tasks`` math train tasks (``own_answer_pool``).
+    first samples ``init_from``'s own answers to ``own_tasks`` train tasks of ``own_family``
+    (``own_answer_pool``).
 
     AdamW with linear warm-up then a constant ``lr`` (``lr_schedule="linear"``: then decaying
     linearly to 0 at ``steps``); loss only on target tokens. The constant schedule does not depend
@@ -284,9 +305,9 @@ def _train(out_dir: str, settings: dict) -> dict:
     if reads_own_answers(settings["mix"]):
         from rosd.engines.hf import HFEngine
 
-        own = own_answer_pool(HFEngine(settings["init_from"]), settings["own_tasks"], settings["seed"])
+        own = own_answer_pool(HFEngine(settings["init_from"]), settings["own_tasks"], settings["seed"], settings["own_family"])
         if not own.wrong:
-            raise ValueError(f"{settings['init_from']} answered no math task both right and wrong in 4 tries: "
+            raise ValueError(f"{settings['init_from']} answered no {settings['own_family']} task both right and wrong in 4 tries: "
                              f"mix {settings['mix']!r} has nothing to diagnose")
         log.info("warm start: %d own answers of %s, %d wrong ones to diagnose", len(own.answers),
                  settings["init_from"], len(own.wrong))

@@ -134,6 +134,12 @@ rule plots:
             category="Plots",
             labels={"figure": "paired differences"},
         ),
+        report(
+            f"{EXP}/plots/mechanism.png",
+            caption="../report/mechanism.rst",
+            category="Plots",
+            labels={"figure": "mechanism per round"},
+        ),
         page=report(
             f"{EXP}/tables/comparison.html",
             caption="../report/comparison.rst",
