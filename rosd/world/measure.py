@@ -184,11 +184,13 @@ Measured on {n} test tasks per family, one sample each at temperature {temperatu
 | --- | --- |
 {rows}
 
-`accuracy_*`: the student prompt answered correctly. Reflection metrics are on corrupted `math` test
-solutions: `parse_rate` = the explanation tag parses, `quote_exact_rate` = the error quote is exactly
+`accuracy_*`: the student prompt answered correctly. `path_entropy`, `paths_used` and
+`reference_path_share`: the paths of its correct answers (4 per target test task at temperature
+1.0). Reflection metrics are on corrupted target-family test solutions: `parse_rate` = the
+explanation tag parses, `quote_exact_rate` = the error quote is exactly
 the true first wrong line, `quote_on_first_error_rate` = the quote is found where the first error
 starts; `teacher_accuracy` = the teacher prompt (the parsed reflection, else the sibling solution) answers
-correctly. `own_*`: the same on θ0's own wrong answers (8 per `math` test task at temperature 1.0,
+correctly. `own_*`: the same on θ0's own wrong answers (8 per target test task at temperature 1.0,
 reflected on at 1.0 against a correct answer of the same group, as the pipeline does).
 
 The model learns arithmetic suddenly (a run's accuracy climbs from ~10% to ~100% over a few
