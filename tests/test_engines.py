@@ -245,7 +245,9 @@ def test_hf_recorded_logprobs_equal_the_stored_logits_path(model_dir, temperatur
     before top-k/top-p (greedy: temperature 1e-6). Two batches of three; rows that stop at the end
     of turn share a batch with rows that run to the limit."""
     engine, reference = HFEngine(model_dir, batch_size=3), _stored_logits_engine()(model_dir, batch_size=3)
-    prompts = [engine.tokenizer(text)["input_ids"] for text in ("Compute 1 + 2.", "Compute 12 + 30 - 7.", "Compute 5 - 9.")]
+    # θ0 continues the bare problems past 16 tokens and ends a finished answer at once
+    texts = ("Compute 1 + 2.", "Compute 12 + 30 - 7.", "1 + 2 = 3\nThe answer is \\boxed{3}.")
+    prompts = [engine.tokenizer(text)["input_ids"] for text in texts]
     kwargs = dict(n=2, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=16, seed=3)
     got, expected = engine.generate(prompts, **kwargs), reference.generate(prompts, **kwargs)
     pairs = [(a, b) for group_a, group_b in zip(got, expected, strict=True) for a, b in zip(group_a, group_b, strict=True)]

@@ -181,6 +181,14 @@ def test_a_wrong_rollouts_first_error_token_is_where_its_wrong_line_starts(refle
     assert reflected[3]["first_error_token"] == 0  # its first line is already wrong
 
 
+def test_a_right_answer_through_a_wrong_line_follows_no_path():
+    tokenizer = load_tokenizer(THETA0)
+    lucky, _ = _wrong_response()  # graded right here, as a slip that cancels out would be
+    row = {"task": TASK, "reward": 1.0, "response": lucky, "response_ids": tokenizer(lucky)["input_ids"], "sibling": lucky}
+    annotate_paths(tokenizer, row, "offsets")
+    assert (row["path"], row["sibling_path"]) == (None, None)
+
+
 def test_rows_off_the_world_get_no_annotation():
     tokenizer = load_tokenizer(THETA0)
     row = {"task": {"steps": []}, "reward": 0.0, "response": "1 + 1 = 3", "response_ids": tokenizer("1 + 1 = 3")["input_ids"], "sibling": "2"}

@@ -49,6 +49,10 @@ def test_whole_dag_produces_tables_metrics_and_mlflow_runs(finished):
     mlflow.set_tracking_uri(f"sqlite:///{exp / 'mlflow.db'}")
     parents = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.level = 'seed'")
     assert len(parents) == 3
+    # and MLflow: rosd's parent run holds the mechanism metrics as train/<metric> series
+    rosd_parent = parents[parents["tags.method"] == "rosd"].iloc[0]
+    history = mlflow.tracking.MlflowClient().get_metric_history(rosd_parent["run_id"], "train/loss_token_frac_wrong")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == rosd.sort_values("round")["loss_token_frac_wrong"].dropna().tolist()
 
 
 def test_a_run_keeps_theta0_the_evaluated_weights_and_its_newest_checkpoint(finished):

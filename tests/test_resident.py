@@ -88,3 +88,16 @@ def test_a_block_engine_is_started_once_and_given_each_rounds_weights(theta0, fi
         reference = load_model(theta0)
         assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reference.state_dict().values()))
         assert resident.scoring_model(theta0, settings, frozen=True) is resident.scoring_model(theta0, settings, frozen=True)
+
+
+def test_a_block_whose_first_rounds_needed_no_engine_starts_one_on_the_held_weights(theta0, files, tmp_path):  # noqa: F811
+    """Round 2's checkpoint exists only in memory (its folder holds no weights); when the block's
+    first engine is asked for it (round 1's rollouts were done and no group needed a reflection), the
+    engine starts from the checkpoint the trainer was loaded from and is given the held weights."""
+    settings = {"device": "cpu", "dtype": "float32", "generation": {"backend": "hf", "batch_size": 8, "tensor_parallel_size": 1}}
+    with resident.hold(set()):
+        second = rounds(theta0, files, tmp_path, 2)
+        assert not (second / "model.safetensors").exists()
+        engine = resident.engine(str(second), settings)
+        held = resident.trainer(str(second), {}, {}, device="cpu", dtype="float32").student
+        assert all(torch.equal(a, b) for a, b in zip(engine.model.state_dict().values(), held.state_dict().values()))

@@ -17,8 +17,8 @@ def round_stats(rows: list[dict]) -> dict:
     judged = [r["first_error_hit"] for r in found if r.get("first_error_hit") is not None]
     tokens = sum(len(r["response_ids"]) for r in kept)
 
-    def rate(values):
-        return mean(values) if values else None
+    def rate(values):  # a float even when every value is the same bool (a column's type must not vary)
+        return float(mean(values)) if values else None
 
     def loss_tokens(reward):
         """Share of the response tokens carrying loss among kept rollouts of this reward."""

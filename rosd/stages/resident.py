@@ -52,7 +52,7 @@ class Trainer:
     """The student of checkpoint ``path``: its AdamW state, global step and ``runtime`` (one process,
     or this process's shard: rosd/training/student.py, sharding.py). ``student`` and ``ema``: the
     student and EMA teacher as whole models, in the main process (under sharding, copies gathered
-    when a round ends; None elsewhere)."""
+    when a round ends; None elsewhere). ``origin``: the checkpoint on disk it was loaded from."""
 
     path: str
     student: torch.nn.Module | None
@@ -60,6 +60,7 @@ class Trainer:
     global_step: int
     ema: torch.nn.Module | None
     runtime: SingleProcess | Sharded
+    origin: str
 
 
 class Held:
@@ -105,8 +106,12 @@ def engine(model: str, settings: dict):
     key, path = (gen["backend"], tuple(sorted(options.items()))), _key(model)
     if _held.engine is None or _held.engine_options != key or (_held.engine_path != path and not _held.holds(path)):
         _held.engine = None  # the old one goes before the new one loads
-        _held.engine = load_engine(gen["backend"], model, resident=True, **options)
-    elif _held.engine_path != path:  # the weights the held trainer made
+        # A checkpoint the block holds in memory has no weights on disk (a block whose first rounds
+        # needed no engine): start from the checkpoint the trainer was loaded from, then push.
+        source = _held.trainer.origin if _held.holds(path) else path
+        _held.engine = load_engine(gen["backend"], source, resident=True, **options)
+        _held.engine_path = source
+    if _held.engine_path != path:  # the weights the held trainer made
         started = time.perf_counter()
         _held.engine.load_weights(plain_weights(_held.trainer.student))
         log.info("pushed the weights of %s into the engine in %.2f s", model, time.perf_counter() - started)
@@ -154,7 +159,7 @@ def trainer(model: str, train: dict, method: dict, *, device: str, dtype: str) -
         from rosd.training.sharding import Sharded
 
         runtime = Sharded(model, train, method, device=device, dtype=dtype)
-        return Trainer(_key(model), runtime.host_copy, runtime.optimizer, runtime.resume(model), None, runtime)
+        return Trainer(_key(model), runtime.host_copy, runtime.optimizer, runtime.resume(model), None, runtime, _key(model))
     student = load_student(model, train, device=device)
     optimizer, global_step = optimizer_for(student, train, Path(model))
     ema = None
@@ -162,7 +167,7 @@ def trainer(model: str, train: dict, method: dict, *, device: str, dtype: str) -
         previous = Path(model) / EMA_TEACHER
         ema = load_model(str(previous) if previous.exists() else model, device=device).eval()
     runtime = SingleProcess(student, device=device, dtype=dtype, ema=ema)
-    return Trainer(_key(model), student, optimizer, global_step, ema, runtime)
+    return Trainer(_key(model), student, optimizer, global_step, ema, runtime, _key(model))
 
 
 def finish_round(trained: Trainer, out: str, tokenizer, global_step: int) -> None:

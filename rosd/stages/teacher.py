@@ -59,7 +59,7 @@ def teacher_targets(teacher, student, rows: list[dict], *, support: str, topk: i
         scored += [{"support": i, "teacher_logp": t} for i, t in zip(all_ids, all_logp)]
         if kls:
             per_token = zip(torch.cat(kls).split(lengths), torch.cat(disagreements).split(lengths))
-            measured += [row_sums(kl, d, r["reward"] == 1.0, r.get("first_error_token")) for r, (kl, d) in zip(chunk, per_token)]
+            measured += [row_sums(kl, d, r.get("reward") == 1.0, r.get("first_error_token")) for r, (kl, d) in zip(chunk, per_token)]
         else:
             measured += [None] * len(chunk)
         rate = len(scored) / max(time.time() - started, 1e-9)

@@ -38,9 +38,12 @@ def true_error_hit(row: dict) -> bool | None:
 
 
 def _path(task: dict, response: str | None) -> list[int] | None:
-    """The canonical step indices ``response`` wrote, in its order (``rosd.world.paths``); None off
-    the world or without a response."""
-    return list(response_path(task, response)) if task.get("steps") and response is not None else None
+    """The canonical step indices ``response`` wrote, in its order (``rosd.world.paths``): a valid
+    path; None off the world, without a response, or when a line leaves every valid path (a right
+    final answer reached through a wrong line follows no path)."""
+    if not task.get("steps") or response is None or first_error_offset(task, response) is not None:
+        return None
+    return list(response_path(task, response))
 
 
 def annotate_paths(tokenizer, row: dict, mapping: str) -> None:
