@@ -101,7 +101,7 @@ def measure_scoring(model, device: str, sizes: tuple, vocab: int) -> tuple[dict,
     teacher_targets(model, model, rows[:micro_batch], **kwargs)  # warm-up
     sync(device)
     started = time.perf_counter()
-    targets = teacher_targets(model, model, rows, **kwargs)
+    targets, _ = teacher_targets(model, model, rows, **kwargs)
     sync(device)
     seconds = time.perf_counter() - started
     tokens = 2 * n * (prompt_len + response_len)  # teacher and student each read prompt + response
@@ -168,8 +168,8 @@ def main() -> None:
         # Training reads its own rows, scored by the same teacher code.
         n, prompt_len, response_len, micro_batch = sizes["training"]
         rows = rollout_rows(n, prompt_len, response_len, shape["vocab_size"])
-        targets = teacher_targets(scorer, scorer, rows, support="topk_tail", topk=100, temperature=1.0, pad_id=0,
-                                  micro_batch=micro_batch, token_chunk=1024)
+        targets, _ = teacher_targets(scorer, scorer, rows, support="topk_tail", topk=100, temperature=1.0, pad_id=0,
+                                     micro_batch=micro_batch, token_chunk=1024)
         del scorer
         training, student = measure_training(model_dir, args.device, sizes["training"], sizes["train_steps"], rows, targets, shape)
         push = measure_push(engine, student, args.device)

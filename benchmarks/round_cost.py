@@ -243,7 +243,7 @@ def one_round_three_ways(commands: dict[str, list[str]], stages: list[str], repe
     through = sum(v["worker_s"] for v in stages.values())
     return {
         "model_gb": round(gb, 3), "stages": stages,
-        "round_pipeline_s": round(pipeline, 2), "round_worker_s": round(through, 2), "round_fused_s": round(fused, 2),
+        "round_pipeline_s": round(pipeline, 3), "round_worker_s": round(through, 3), "round_fused_s": round(fused, 3),
         "ratio": round(pipeline / fused, 2), "worker_ratio": round(through / fused, 2),
         "fixed_s_per_stage": round(statistics.fmean(v["fixed_s"] for v in stages.values()), 2),
         "load_s_per_gb": round(load_s / gb, 2), "write_s_per_gb": round(write_s / gb, 2),
