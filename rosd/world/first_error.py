@@ -6,7 +6,7 @@ benchmark can."""
 from __future__ import annotations
 
 from rosd.method.reflection import char_token
-from rosd.world.paths import first_error_offset, response_path
+from rosd.world.paths import first_error_offset, valid_path
 
 
 def _true_first_error(row: dict) -> int | None:
@@ -41,9 +41,8 @@ def _path(task: dict, response: str | None) -> list[int] | None:
     """The canonical step indices ``response`` wrote, in its order (``rosd.world.paths``): a valid
     path; None off the world, without a response, or when a line leaves every valid path (a right
     final answer reached through a wrong line follows no path)."""
-    if not task.get("steps") or response is None or first_error_offset(task, response) is not None:
-        return None
-    return list(response_path(task, response))
+    path = valid_path(task, response) if task.get("steps") and response is not None else None
+    return None if path is None else list(path)
 
 
 def annotate_paths(tokenizer, row: dict, mapping: str) -> None:

@@ -18,7 +18,7 @@ from rosd.method.prompts import (
 from rosd.method.reflection import find_quote, parse_reflection
 from rosd.method.statistics import path_stats
 from rosd.world.first_error import true_error_hit
-from rosd.world.paths import first_error_offset, response_path
+from rosd.world.paths import valid_path
 from rosd.world.tasks import FAMILIES, corrupt, generate
 
 
@@ -148,8 +148,8 @@ def evaluate_paths(model_dir: str, family: str = "math_paths", n: int = 200, see
     tasks = generate(family, "test", n, seed)
     groups = own_answers(engine or _engine(model_dir), tasks, samples=samples, seed=seed, temperature=temperature,
                          top_p=1.0, max_new_tokens=192)
-    solved = [{"reward": 1.0, "task": t, "path": response_path(t, a)} for t, group in zip(tasks, groups) for a in group
-              if score(t["kind"], a, t["answer"]) == 1.0 and first_error_offset(t, a) is None]
+    solved = [{"reward": 1.0, "task": t, "path": path} for t, group in zip(tasks, groups) for a in group
+              if score(t["kind"], a, t["answer"]) == 1.0 and (path := valid_path(t, a)) is not None]
     stats = path_stats(solved)
     return {"paths_correct_answers": len(solved), "path_entropy": stats["path_entropy"],
             "paths_used": len({tuple(r["path"]) for r in solved}), "reference_path_share": stats["reference_path_share"]}

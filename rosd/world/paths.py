@@ -34,9 +34,14 @@ def _writes(line: str, step: str) -> bool:
     return swapped is not None and line == f"{swapped[2]} + {swapped[1]} = {swapped[3]}"
 
 
+def chain(steps: int) -> list[list[int]]:
+    """``after`` of a chain of ``steps`` steps: each after the one before."""
+    return [[i - 1] if i else [] for i in range(steps)]
+
+
 def prerequisites(task: dict) -> list[list[int]]:
-    """``after`` of a task, or a chain's (each step after the one before) when it has none."""
-    return task.get("after") or [[i - 1] if i else [] for i in range(len(task["steps"]))]
+    """``after`` of a task, or a chain's when it has none."""
+    return task.get("after") or chain(len(task["steps"]))
 
 
 def _ready(after: list[list[int]], done: list[int]) -> list[int]:
@@ -70,6 +75,13 @@ def response_path(task: dict, response: str) -> tuple[int, ...]:
     """The canonical indices of the steps the response wrote, in its order, up to its first error:
     a correct response's path (a permutation of every step)."""
     return tuple(walk(task, response)[0])
+
+
+def valid_path(task: dict, response: str) -> tuple[int, ...] | None:
+    """The path of a response that stays on valid paths to its end (every correct solution), else
+    None: a right final answer reached through a wrong line follows no path."""
+    done, offset, _ = walk(task, response)
+    return tuple(done) if offset is None else None
 
 
 def intended_step(task: dict, response: str) -> int | None:

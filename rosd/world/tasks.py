@@ -22,7 +22,7 @@ import re
 import zlib
 
 from rosd.evaluation.grading import score
-from rosd.world.paths import first_error_offset, intended_step, walk
+from rosd.world.paths import chain, first_error_offset, intended_step
 
 FAMILIES = {"math": "math", "math_paths": "math", "math_long": "math", "mcq": "mcq", "tooluse": "tooluse"}  # family -> grading kind
 
@@ -282,7 +282,7 @@ def sample(family: str, split: str, rng: random.Random) -> dict:
         if split_of(problem) == split:
             break
     task_id = f"{family}-{zlib.crc32(fields['prompt'].encode()):08x}"
-    after = fields.pop("after", None) or [[i - 1] if i else [] for i in range(len(steps))]
+    after = fields.pop("after", None) or chain(len(steps))
     return {"id": task_id, "domain": family, "kind": FAMILIES[family], **fields,
             "solution": "\n".join(steps), "steps": steps, "after": after}
 
@@ -401,7 +401,7 @@ EXPLAIN_CORRECT = {"math": "Each step is computed correctly, so the answer {answ
 
 def explain_error(task: dict, wrong_solution: str) -> str:
     """What a perfect reflector explains about a wrong solution: its first wrong line and the fix."""
-    _, offset, _ = walk(task, wrong_solution)
+    offset = first_error_offset(task, wrong_solution)
     tail = EXPLAIN_TAIL[task["kind"]].format(answer=task["answer"])
     if offset is None:
         return "The solution stops before the end. " + tail
